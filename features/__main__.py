@@ -1,0 +1,109 @@
+"""Command line of the features stage: `python -m features build|simulate|adapt|summary ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from features.errors import InputError, run_cli
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m features", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="point-in-time features as of a date, to Parquet")
+    b.add_argument("--transactions", required=True)
+    b.add_argument("--events")
+    b.add_argument("--customers")
+    b.add_argument("--as-of", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--engine", choices=["pandas"], default="pandas",
+                   help="computation engine (spark: not in this build)")
+    s = sub.add_parser("simulate", help="write the demo world (known ground truth) to a directory")
+    s.add_argument("--customers", type=int, default=50_000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    s.add_argument("--out", required=True)
+    m = sub.add_parser("summary", help="print a short summary of a features or scores Parquet file")
+    m.add_argument("--features", required=True)
+    a = sub.add_parser("adapt", help="map a public data set onto the canonical schema")
+    a.add_argument("--source", required=True, choices=["online_retail", "hillstrom", "complete_journey"])
+    a.add_argument("--input", required=True)
+    a.add_argument("--out", required=True, help="directory for transactions/events/nudges/customers .parquet")
+    return p
+
+
+def _build(args: argparse.Namespace) -> int:
+    from features.io import write_parquet
+    from features.pipeline import build_features
+    from features.schema import load, parse_as_of
+
+    as_of = parse_as_of(args.as_of)
+    t0 = time.perf_counter()
+    print(f"loading inputs as of {as_of}", file=sys.stderr)
+    tx = load("transactions", args.transactions)
+    ev = load("events", args.events)
+    cu = load("customers", args.customers)
+    print(f"building features for {tx['customer_id'].nunique():,} customers from {len(tx):,} lines", file=sys.stderr)
+    feats = build_features(tx, as_of, ev, cu)
+    write_parquet(feats, args.out)
+    print(f"wrote {len(feats):,} customers x {feats.shape[1] - 2} features to {args.out} "
+          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from features.simulate import simulate_world, summary, write_world
+
+    if args.customers < 1:
+        raise InputError(f"--customers {args.customers}: must be at least 1")
+    print(f"simulating {args.customers:,} customers (seed {args.seed})", file=sys.stderr)
+    world = simulate_world(n_customers=args.customers, seed=args.seed)
+    paths = write_world(world, Path(args.out), fmt=args.format)
+    for key, value in summary(world).items():
+        print(f"  {key}: {value}", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from features.adapters import adapt
+    from features.io import write_parquet
+
+    try:
+        tables = adapt(args.source, Path(args.input))
+    except (ValueError, FileNotFoundError) as exc:
+        raise InputError(str(exc)) from None
+    for name, df in tables.items():
+        write_parquet(df, Path(args.out) / f"{name}.parquet")
+        print(f"wrote {len(df):,} rows to {Path(args.out) / f'{name}.parquet'}", file=sys.stderr)
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from features.io import read_table
+
+    df = read_table(args.features)
+    buyers = df.loc[df["n_orders"] > 0]
+    print(f"{len(df):,} customers as of {df['as_of'].iloc[0]}; {len(buyers):,} have bought")
+    print(f"orders per buyer: median {buyers['n_orders'].median():.0f}, mean {buyers['n_orders'].mean():.2f}; "
+          f"one-order customers: {(buyers['n_orders'] == 1).mean():.1%}")
+    second = buyers["days_first_to_second"].dropna()
+    if len(second):
+        shares = ", ".join(f"{(second <= d).mean():.0%} by day {d}" for d in (10, 30, 90))
+        print(f"second purchases: {shares}")
+    print("lifecycle stages: " + ", ".join(f"{k} {v:,}" for k, v in df["lifecycle_stage"].value_counts().items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one command."""
+    args = _parser().parse_args(argv)
+    return {"build": _build, "simulate": _simulate, "adapt": _adapt, "summary": _summary}[args.command](args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,83 @@
+"""Labels after a cutoff, and the rolling-origin training frame whose label windows end by `--as-of`.
+
+Labels look only at `(cutoff, cutoff + horizon]`: `y_purchase` is 1 when the customer places at least one
+purchase order (positive net amount) in the window; `y_value` is the net revenue in the value window
+(the gross margin when the transactions carry a complete `margin` column), floored at 0.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from features.errors import InputError
+from features.pipeline import FeatureParams, build_features, order_table
+
+__all__ = ["value_column", "build_labels", "rolling_cutoffs", "training_frame"]
+
+
+def value_column(transactions: pd.DataFrame) -> str:
+    """The column that measures value: `margin` where every line has one, else `amount`."""
+    if "margin" in transactions.columns and transactions["margin"].notna().all():
+        return "margin"
+    return "amount"
+
+
+def build_labels(transactions: pd.DataFrame, cutoff: pd.Timestamp, customer_ids: np.ndarray,
+                 horizon_days: int, value_horizon_days: int) -> pd.DataFrame:
+    """Labels of `customer_ids` for the windows after `cutoff` (columns customer_id, y_purchase, y_value)."""
+    cutoff = pd.Timestamp(cutoff)
+    end = cutoff + pd.Timedelta(days=max(horizon_days, value_horizon_days))
+    t = transactions["timestamp"].to_numpy()
+    win = transactions.loc[(t > cutoff.to_datetime64()) & (t <= end.to_datetime64())]
+    ids = np.asarray(customer_ids, dtype=str)
+    pos = np.searchsorted(ids, win["customer_id"].to_numpy(dtype=str))
+    pos = np.minimum(pos, max(len(ids) - 1, 0))
+    known = (ids[pos] == win["customer_id"].to_numpy(dtype=str)) if len(ids) else np.zeros(len(win), bool)
+    win, pos = win.loc[known], pos[known]
+    orders, _ = order_table(win, pos)
+    h_end = (cutoff + pd.Timedelta(days=horizon_days)).value
+    buy = (orders["amount"].to_numpy() > 0) & (orders["ts"].to_numpy() <= h_end)
+    v_end = (cutoff + pd.Timedelta(days=value_horizon_days)).value
+    vcol = value_column(transactions)
+    in_v = win["timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64) <= v_end
+    value = np.bincount(pos[in_v], win[vcol].to_numpy(dtype=float)[in_v], len(ids))
+    return pd.DataFrame({
+        "customer_id": pd.array(ids, dtype="str"),
+        "y_purchase": (np.bincount(orders["cust"].to_numpy()[buy], minlength=len(ids)) > 0).astype(np.int8),
+        "y_value": np.clip(value, 0, None),
+    })
+
+
+def rolling_cutoffs(transactions: pd.DataFrame, as_of: pd.Timestamp, label_days: int, n_cutoffs: int = 6,
+                    step_days: int = 30, min_history_days: int = 30) -> list[pd.Timestamp]:
+    """Cutoffs `c_k = as_of - label_days - k * step_days` (newest first) whose label windows end by `as_of`
+    and that leave at least `min_history_days` of data before them."""
+    start = transactions["timestamp"].min() + pd.Timedelta(days=min_history_days)
+    cutoffs = [as_of - pd.Timedelta(days=label_days + k * step_days) for k in range(n_cutoffs)]
+    return [c for c in cutoffs if c >= start]
+
+
+def training_frame(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, value_horizon_days: int,
+                   events: pd.DataFrame | None = None, customers: pd.DataFrame | None = None,
+                   n_cutoffs: int = 6, step_days: int = 30, params: FeatureParams = FeatureParams(),
+                   progress: Callable = tqdm) -> pd.DataFrame:
+    """Stack features and labels over rolling cutoffs; no label window crosses `as_of`.
+
+    Raises InputError when not one cutoff fits in the data.
+    """
+    label_days = max(horizon_days, value_horizon_days)
+    cutoffs = rolling_cutoffs(transactions, as_of, label_days, n_cutoffs, step_days)
+    if not cutoffs:
+        first = transactions["timestamp"].min().date()
+        raise InputError(f"transactions: history from {first} to --as-of {as_of.date()} is too short for a "
+                         f"{label_days}-day label window plus 30 days of history; use an earlier horizon or later --as-of")
+    frames = []
+    for cutoff in progress(cutoffs, desc="features x cutoffs", unit="cutoff", leave=False):
+        feats = build_features(transactions, cutoff, events, customers, params)
+        labels = build_labels(transactions, cutoff, feats["customer_id"].to_numpy(dtype=str),
+                              horizon_days, value_horizon_days)
+        frames.append(pd.concat([feats, labels.drop(columns="customer_id")], axis=1))
+    return pd.concat(frames, ignore_index=True)

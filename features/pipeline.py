@@ -1,0 +1,298 @@
+"""Point-in-time customer features: one function for training, the nightly batch and the HTTP service.
+
+`build_features(transactions, as_of, events, customers)` sees only rows with `timestamp <= as_of` and
+computes every feature from one customer's own rows (no population statistics), so it gives the same
+rows for any subset of customers that holds all of each customer's rows: the Spark engine runs it per
+customer partition. Inputs are canonical frames (see `features.schema.validate`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.lifecycle import StageRules, lifecycle_stage
+from features.spec import EVENT_TYPES, FEATURE_DOCS, WINDOWS
+
+__all__ = ["FeatureParams", "build_features", "order_table", "population"]
+
+DAY_NS = 86_400 * 10**9
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Fixed (not data-derived) parameters of the features, so that partitions agree."""
+
+    high_margin_rate: float = 0.4
+    stage_rules: StageRules = StageRules()
+
+
+def _ns(ts: pd.Series) -> np.ndarray:
+    return ts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+
+
+def _before(df: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame | None:
+    if df is None:
+        return None
+    return df.loc[df["timestamp"].to_numpy() <= as_of.to_datetime64()]
+
+
+def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataFrame | None = None,
+               customers: pd.DataFrame | None = None) -> np.ndarray:
+    """Sorted ids of the customers known by `as_of`: any transaction or event by then, or a customers row
+    (whose `signup_date`, if given, is not after as-of)."""
+    parts = [_before(transactions, as_of)["customer_id"].to_numpy(dtype=object)]
+    if events is not None:
+        parts.append(_before(events, as_of)["customer_id"].to_numpy(dtype=object))
+    if customers is not None:
+        known = customers
+        if "signup_date" in customers.columns:
+            signup = pd.to_datetime(customers["signup_date"], errors="coerce", format="ISO8601")
+            if getattr(signup.dt, "tz", None) is not None:
+                signup = signup.dt.tz_convert("UTC").dt.tz_localize(None)
+            known = customers.loc[~(signup > as_of).to_numpy()]
+        parts.append(known["customer_id"].to_numpy(dtype=object))
+    return np.unique(np.concatenate(parts).astype(str))
+
+
+def _codes(ids: pd.Series, universe: np.ndarray) -> np.ndarray:
+    return np.searchsorted(universe, ids.to_numpy(dtype=str))
+
+
+def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> np.ndarray | None:
+    """Channel of each order: the alphabetically first channel of its lines (orders normally have one)."""
+    if "channel" not in tx.columns:
+        return None
+    codes, names = pd.factorize(tx["channel"].fillna(""), sort=True)
+    return names.to_numpy(dtype=object)[pd.Series(codes).groupby(line_order).min().to_numpy()] if n else None
+
+
+def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """Aggregate lines into orders (by `order_id`, else by customer and timestamp).
+
+    Returns the orders (cust, ts, amount, margin, lines, quantity, app) sorted by customer and time,
+    and for each line the row of its order.
+    """
+    ts = _ns(tx["timestamp"])
+    key2 = tx["order_id"].to_numpy(dtype=str) if "order_id" in tx.columns else ts
+    line_order = pd.MultiIndex.from_arrays([cust, key2]).factorize()[0] if len(tx) else np.zeros(0, np.int64)
+    n = int(line_order.max()) + 1 if len(tx) else 0
+    first_line = np.full(n, len(tx), np.int64)
+    np.minimum.at(first_line, line_order, np.arange(len(tx)))
+    order_ts = pd.Series(ts).groupby(line_order).min().to_numpy() if n else np.zeros(0, np.int64)
+    amount = tx["amount"].to_numpy(dtype=float)
+    orders = pd.DataFrame({
+        "cust": cust[first_line] if n else np.zeros(0, np.int64),
+        "ts": order_ts,
+        "amount": np.bincount(line_order, amount, n),
+        "margin": np.bincount(line_order, tx["margin"].to_numpy(dtype=float), n) if "margin" in tx else np.nan,
+        "lines": np.bincount(line_order, minlength=n),
+        "quantity": np.bincount(line_order, tx["quantity"].to_numpy(dtype=float), n) if "quantity" in tx else np.nan,
+        "channel": _order_channel(tx, line_order, n),
+    })
+    # ties between orders of one customer at one time are broken by order key, so row order never matters
+    order = np.lexsort((key2[first_line], orders["ts"].to_numpy(), orders["cust"].to_numpy()))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    return orders.iloc[order].reset_index(drop=True), rank[line_order]
+
+
+def _group_first(cust: np.ndarray, n: int) -> np.ndarray:
+    """Index of the first row of each customer in `cust` (sorted); -1 where a customer has no row."""
+    first = np.full(n, -1, np.int64)
+    uniq, idx = np.unique(cust, return_index=True)
+    first[uniq] = idx
+    return first
+
+
+def _take(values: np.ndarray, idx: np.ndarray, fill: float = np.nan) -> np.ndarray:
+    out = np.full(len(idx), fill, dtype=float)
+    ok = idx >= 0
+    out[ok] = values[idx[ok]]
+    return out
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
+    buy = orders.loc[orders["amount"].to_numpy() > 0]
+    c, ts, amt = buy["cust"].to_numpy(), buy["ts"].to_numpy(), buy["amount"].to_numpy()
+    n_orders = np.bincount(c, minlength=n)
+    first, last = _group_first(c, n), _group_first(c[::-1], n)
+    last = np.where(last >= 0, len(c) - 1 - last, -1)
+    same = np.r_[False, c[1:] == c[:-1]]
+    gap = np.where(same, np.diff(ts, prepend=ts[:1]) / DAY_NS, 0.0)
+    k = np.bincount(c, same.astype(float), n)
+    gap_mean = _ratio(np.bincount(c, gap, n), k)
+    gap_var = _ratio(np.bincount(c, gap**2, n), k) - gap_mean**2
+    recency = (as_of_ns - _take(ts.astype(float), last)) / DAY_NS
+    tenure = (as_of_ns - _take(ts.astype(float), first)) / DAY_NS
+    second = np.where((first >= 0) & (n_orders >= 2), first + 1, -1)
+    ret = orders["amount"].to_numpy() < 0
+    oc = orders["cust"].to_numpy()
+    out = {
+        "n_orders": n_orders,
+        "recency_days": recency,
+        "tenure_days": tenure,
+        "net_spend_total": np.bincount(oc, orders["amount"].to_numpy(), n),
+        "avg_order_value": _ratio(np.bincount(c, amt, n), n_orders),
+        "max_order_value": pd.Series(amt).groupby(c).max().reindex(range(n)).to_numpy(),
+        "gap_mean_days": gap_mean,
+        "gap_std_days": np.sqrt(np.clip(gap_var, 0, None)),
+        "recency_over_gap": _ratio(recency, gap_mean),
+        "orders_per_30d": _ratio(30.0 * n_orders, np.maximum(tenure, 1.0)),
+    }
+    for w in WINDOWS:
+        recent = ts > as_of_ns - w * DAY_NS
+        out[f"spend_{w}d"] = np.bincount(c[recent], amt[recent], n)
+        out[f"orders_{w}d"] = np.bincount(c[recent], minlength=n)
+    out["spend_trend_90d"] = _ratio(out["spend_90d"], out["spend_365d"] * 90 / 365)
+    out["days_first_to_second"] = (_take(ts.astype(float), second) - _take(ts.astype(float), first)) / DAY_NS
+    out["n_return_orders"] = np.bincount(oc[ret], minlength=n)
+    returned = -np.bincount(oc[ret], orders["amount"].to_numpy()[ret], n) + 0.0
+    out["return_share"] = _ratio(returned, np.bincount(c, amt, n))
+    out["_first_order"] = np.where(first >= 0, buy.index.to_numpy()[np.maximum(first, 0)], -1)
+    out["_first_ts"] = _take(ts.astype(float), first)
+    return out
+
+
+def _distinct_per_customer(cust: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
+    codes = pd.factorize(values)[0].astype(np.int64)
+    ok = codes >= 0
+    pairs = np.unique(cust[ok].astype(np.int64) * (codes.max() + 2) + codes[ok])
+    return np.bincount(pairs // (codes.max() + 2), minlength=n)
+
+
+def _first_order_and_kpa(tx: pd.DataFrame, cust: np.ndarray, orders: pd.DataFrame, line_order: np.ndarray,
+                         first_order: np.ndarray, n: int, params: FeatureParams) -> dict[str, np.ndarray]:
+    has = first_order >= 0
+    fo = np.maximum(first_order, 0)
+
+    def first(col: str) -> np.ndarray:
+        return np.where(has, orders[col].to_numpy(dtype=float)[fo], np.nan)
+
+    buy_line = orders["amount"].to_numpy()[line_order] > 0
+    amount = tx["amount"].to_numpy(dtype=float)
+    bc, ba = cust[buy_line], amount[buy_line]
+    out = {
+        "first_order_value": first("amount"),
+        "first_order_lines": first("lines"),
+        "first_order_quantity": first("quantity"),
+        "first_order_margin_rate": _ratio(first("margin"), first("amount")),
+    }
+    is_first = np.zeros(len(orders), bool)
+    is_first[first_order[has]] = True
+    in_first = is_first[line_order]
+    nan = np.full(n, np.nan)
+    if "category" in tx.columns:
+        out["first_order_categories"] = np.where(has, _distinct_per_customer(cust[in_first], tx["category"][in_first], n), np.nan)
+        out["n_categories"] = _distinct_per_customer(bc, tx["category"][buy_line], n)
+    else:
+        out["first_order_categories"] = out["n_categories"] = nan
+    out["n_products"] = _distinct_per_customer(bc, tx["product_id"][buy_line], n) if "product_id" in tx else nan
+    if "margin" in tx.columns:
+        margin = tx["margin"].to_numpy(dtype=float)[buy_line]
+        high = _ratio(margin, ba) >= params.high_margin_rate
+        out["high_margin_share"] = _ratio(np.bincount(bc[high], ba[high], n), np.bincount(bc, ba, n))
+        out["margin_rate"] = _ratio(np.bincount(bc, margin, n), np.bincount(bc, ba, n))
+    else:
+        out["high_margin_share"] = out["margin_rate"] = nan
+    if "channel" in tx.columns:
+        buy = orders["amount"].to_numpy() > 0
+        ch = orders["channel"].fillna("").to_numpy(dtype=str)
+        oc = orders["cust"].to_numpy()
+        out["app_order_share"] = _ratio(np.bincount(oc[buy & (ch == "app")], minlength=n), np.bincount(oc[buy], minlength=n))
+        out["n_channels"] = _distinct_per_customer(bc, tx["channel"][buy_line], n)
+        out["first_order_channel"] = np.where(has, ch[fo], None)
+    else:
+        out["app_order_share"] = out["n_channels"] = nan
+        out["first_order_channel"] = np.full(n, None, dtype=object)
+    return out
+
+
+def _engagement(ev: pd.DataFrame | None, cust: np.ndarray, first_ts: np.ndarray, n: int,
+                as_of_ns: int) -> dict[str, np.ndarray]:
+    if ev is None:
+        ev = pd.DataFrame({"timestamp": pd.Series([], dtype="datetime64[ns]"), "event": pd.Series([], dtype=str)})
+        cust = np.zeros(0, np.int64)
+    ts = _ns(ev["timestamp"]).astype(float)
+    kind = ev["event"].to_numpy(dtype=str)
+    out: dict[str, np.ndarray] = {f"n_{e}": np.bincount(cust[kind == e], minlength=n) for e in EVENT_TYPES}
+    out["n_other_events"] = np.bincount(cust[~np.isin(kind, EVENT_TYPES)], minlength=n)
+    since_first = (ts - first_ts[cust]) / DAY_NS
+    bought = ~np.isnan(first_ts)
+    for d in (7, 14, 30):
+        hit = (since_first >= 0) & (since_first <= d)
+        out[f"events_first_{d}d"] = np.where(bought, np.bincount(cust[hit], minlength=n), np.nan)
+    app7 = (since_first >= 0) & (since_first <= 7) & (kind == "app_session")
+    out["app_sessions_first_7d"] = np.where(bought, np.bincount(cust[app7], minlength=n), np.nan)
+    out["events_before_first_purchase"] = np.bincount(cust[~(since_first >= 0)], minlength=n)
+    for d in (7, 30, 90):
+        out[f"events_last_{d}d"] = np.bincount(cust[ts > as_of_ns - d * DAY_NS], minlength=n)
+    last = pd.Series(ts).groupby(cust).max().reindex(range(n)).to_numpy()
+    out["days_since_last_event"] = (as_of_ns - last) / DAY_NS
+    return out
+
+
+def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Static attributes as `attr_<column>`: numbers as they are, dates as days before as-of, text as category."""
+    if customers is None:
+        return pd.DataFrame(index=pd.RangeIndex(len(ids)))
+    table = customers.drop_duplicates("customer_id").set_index(customers["customer_id"].astype(str))
+    table = table.drop(columns="customer_id").reindex(ids)
+    out = {}
+    for col in table.columns:
+        s = table[col]
+        num = pd.to_numeric(s, errors="coerce")
+        if pd.api.types.is_datetime64_any_dtype(s) or str(col).endswith("_date"):
+            when = pd.to_datetime(s, errors="coerce", format="ISO8601")
+            if getattr(when.dt, "tz", None) is not None:
+                when = when.dt.tz_convert("UTC").dt.tz_localize(None)
+            days = (as_of - when).dt.total_seconds().to_numpy() / 86_400
+            out[f"attr_{col}_days"] = np.where(days >= 0, days, np.nan)
+        elif pd.api.types.is_bool_dtype(s) or num.notna().sum() == s.notna().sum():
+            out[f"attr_{col}"] = num.to_numpy(dtype=float)
+        else:
+            out[f"attr_{col}"] = s.astype("str").where(s.notna(), None).to_numpy(dtype=object)
+    return pd.DataFrame(out, index=pd.RangeIndex(len(ids)))
+
+
+def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataFrame | None = None,
+                   customers: pd.DataFrame | None = None, params: FeatureParams = FeatureParams()) -> pd.DataFrame:
+    """Build one row of point-in-time features per customer known by `as_of`.
+
+    Args:
+        transactions: canonical transactions (rows after `as_of` are ignored).
+        as_of: the cutoff; features see only rows with `timestamp <= as_of`.
+        events: canonical events, optional.
+        customers: static attributes, optional; each column becomes `attr_<column>`.
+        params: fixed parameters of the features.
+
+    Returns:
+        Columns customer_id, as_of, then the features of `features.spec.FEATURE_DOCS` and the attributes,
+        sorted by customer_id.
+    """
+    as_of = pd.Timestamp(as_of)
+    as_of_ns = int(as_of.value)
+    tx, ev = _before(transactions, as_of), _before(events, as_of)
+    ids = population(tx, as_of, ev, customers)
+    n = len(ids)
+    cust = _codes(tx["customer_id"], ids)
+    orders, line_order = order_table(tx, cust)
+    feats = _rfm(orders, n, as_of_ns)
+    first_order, first_ts = feats.pop("_first_order"), feats.pop("_first_ts")
+    feats.update(_first_order_and_kpa(tx, cust, orders, line_order, first_order, n, params))
+    ev_cust = _codes(ev["customer_id"], ids) if ev is not None else None
+    feats.update(_engagement(ev, ev_cust, first_ts, n, as_of_ns))
+    df = pd.DataFrame({name: feats[name] for name in FEATURE_DOCS if name in feats})
+    for col in df.columns:
+        if df[col].dtype.kind in "iub":
+            df[col] = df[col].astype("float64")
+    df["lifecycle_stage"] = lifecycle_stage(df, rules=params.stage_rules)
+    df.insert(0, "customer_id", pd.array(ids, dtype="str"))
+    df.insert(1, "as_of", pd.Series(as_of, index=df.index).astype("datetime64[ns]"))
+    return pd.concat([df, _attributes(customers, ids, as_of)], axis=1)

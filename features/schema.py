@@ -1,0 +1,176 @@
+"""The canonical input schema (DESIGN.md) and its validation: clear one-line errors, deliberate clean-up.
+
+Validated frames have exactly these dtypes: ids and text as strings, `timestamp` as naive UTC datetime64
+(offsets are converted to UTC, naive times are taken as UTC, so mixed time zones are fine), numbers as float64,
+`treated` as bool. Exact duplicate rows are dropped (double-loaded lines are the common cause) and counted.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.errors import InputError
+from features.io import read_table
+
+__all__ = ["Schema", "SCHEMAS", "validate", "load", "parse_as_of"]
+
+ID, TIME, FLOAT, TEXT, BOOL = "id", "time", "float", "text", "bool"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Required and optional columns of one input table, and whether other columns are kept."""
+
+    name: str
+    required: dict[str, str]
+    optional: dict[str, str] = field(default_factory=dict)
+    keep_extra: bool = False
+    unique_ids: bool = False
+
+
+SCHEMAS: dict[str, Schema] = {
+    "transactions": Schema(
+        "transactions",
+        {"customer_id": ID, "timestamp": TIME, "amount": FLOAT},
+        {"order_id": TEXT, "product_id": TEXT, "category": TEXT, "quantity": FLOAT, "margin": FLOAT, "channel": TEXT},
+    ),
+    "events": Schema("events", {"customer_id": ID, "timestamp": TIME, "event": TEXT}, {"value": FLOAT}),
+    "nudges": Schema(
+        "nudges",
+        {"customer_id": ID, "timestamp": TIME, "campaign": TEXT, "channel": TEXT, "treated": BOOL},
+        {"cost": FLOAT},
+        keep_extra=True,
+    ),
+    "customers": Schema("customers", {"customer_id": ID}, keep_extra=True, unique_ids=True),
+}
+
+_TRUE = {"true", "t", "1", "yes", "y", "1.0"}
+_FALSE = {"false", "f", "0", "no", "n", "0.0"}
+
+
+def _offending(source: str, column: str, problem: str, raw: pd.Series, bad: np.ndarray) -> InputError:
+    """Build the one-line error naming the file, the column and up to five offending rows (1-based)."""
+    idx = np.flatnonzero(bad)
+    shown = ", ".join(f"row {i + 1} ({raw.iloc[i]!r})" for i in idx[:5])
+    more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+    return InputError(f"{source}: column '{column}' {problem} in {len(idx):,} of {len(raw):,} rows: {shown}{more}")
+
+
+def _as_id(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(s):
+        whole = s.dropna()
+        if (whole == np.floor(whole)).all():
+            s = s.astype("Int64")
+    return s.astype("str").where(s.notna(), None).str.strip()
+
+
+def _as_time(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(s):
+        out = s
+    else:
+        text = s.astype("str").str.strip().where(s.notna(), None)
+        out = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    if getattr(out.dt, "tz", None) is not None:
+        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
+    return out.astype("datetime64[ns]")
+
+
+def _as_float(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(s):
+        return s.astype("float64")
+    out = pd.to_numeric(s, errors="coerce").astype("float64")
+    return out.where(np.isfinite(out))
+
+
+def _as_bool(s: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(s):
+        return s
+    low = s.astype("str").str.strip().str.lower()
+    return low.map(lambda v: True if v in _TRUE else False if v in _FALSE else None)
+
+
+def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) -> pd.Series:
+    raw = df[col]
+    missing = raw.isna().to_numpy().copy()
+    if kind == ID:
+        out = _as_id(raw)
+        missing |= out.fillna("").eq("").to_numpy()
+        bad = np.zeros(len(raw), bool)
+    elif kind == TIME:
+        out = _as_time(raw)
+        bad = out.isna().to_numpy() & ~missing
+    elif kind == FLOAT:
+        out = _as_float(raw)
+        bad = out.isna().to_numpy() & ~missing
+    elif kind == BOOL:
+        out = _as_bool(raw)
+        bad = out.isna().to_numpy() & ~missing
+        out = out.fillna(False).astype(bool)
+    else:
+        out = raw.astype("str").where(raw.notna(), None)
+        bad = np.zeros(len(raw), bool)
+    if bad.any():
+        what = {TIME: "is not an ISO 8601 date or datetime", FLOAT: "is not a finite number",
+                BOOL: "is not a boolean (true/false)"}[kind]
+        raise _offending(source, col, what, raw, bad)
+    if required and missing.any():
+        raise _offending(source, col, "is empty", raw, missing)
+    return out
+
+
+def validate(df: pd.DataFrame, kind: str, source: str | None = None) -> pd.DataFrame:
+    """Return `df` in the canonical form of table `kind`, or raise InputError naming column and rows."""
+    schema = SCHEMAS[kind]
+    source = source or kind
+    if df.empty:
+        raise InputError(f"{source}: empty {kind} table (no rows)")
+    absent = [c for c in schema.required if c not in df.columns]
+    if absent:
+        raise InputError(f"{source}: missing required column(s) {', '.join(absent)} "
+                         f"(found: {', '.join(map(str, df.columns[:12]))})")
+    out = {}
+    for col, kind_ in schema.required.items():
+        out[col] = _column(df, col, kind_, source, required=True)
+    for col, kind_ in schema.optional.items():
+        if col in df.columns:
+            out[col] = _column(df, col, kind_, source, required=False)
+    if schema.keep_extra:
+        for col in df.columns:
+            if col not in out:
+                out[col] = df[col]
+    result = pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+    if schema.unique_ids:
+        dup = result["customer_id"].duplicated(keep=False).to_numpy()
+        if dup.any():
+            raise _offending(source, "customer_id", "is duplicated", df["customer_id"], dup)
+        return result
+    before = len(result)
+    result = result.drop_duplicates(ignore_index=True)
+    if len(result) < before:
+        print(f"note: {source}: dropped {before - len(result):,} exact duplicate rows", file=sys.stderr)
+    return result
+
+
+def load(kind: str, path: str | Path | None) -> pd.DataFrame | None:
+    """Read and validate one input file (None passes through for optional inputs)."""
+    if path is None:
+        return None
+    return validate(read_table(path), kind, str(path))
+
+
+def parse_as_of(text: str) -> pd.Timestamp:
+    """Parse `--as-of`: a date means the end of that day (UTC); a datetime is taken as given."""
+    try:
+        ts = pd.Timestamp(pd.to_datetime(str(text).strip(), format="ISO8601", utc=True))
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(f"--as-of {text!r} is not an ISO 8601 date (YYYY-MM-DD) or datetime") from None
+    if pd.isna(ts):
+        raise InputError(f"--as-of {text!r} is not an ISO 8601 date (YYYY-MM-DD) or datetime")
+    ts = ts.tz_convert("UTC").tz_localize(None)
+    if len(str(text).strip()) <= 10:
+        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    return ts

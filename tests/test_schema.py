@@ -1,0 +1,103 @@
+"""The input contract: one-line errors naming file, column and rows; deliberate clean-up of normal mess."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from features.errors import InputError
+from features.io import read_table
+from features.schema import load, parse_as_of, validate
+
+
+def _tx(**cols) -> pd.DataFrame:
+    base = {"customer_id": ["A", "A", "B"], "timestamp": ["2024-01-01", "2024-02-01", "2024-01-05"], "amount": ["10", "12", "7"]}
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def test_missing_column_names_the_column():
+    with pytest.raises(InputError, match=r"tx.csv: missing required column\(s\) amount"):
+        validate(_tx().drop(columns="amount"), "transactions", "tx.csv")
+
+
+def test_non_numeric_amount_names_column_and_rows():
+    with pytest.raises(InputError, match=r"column 'amount' is not a finite number in 2 of 3 rows: row 2 \('ten'\), row 3 \('x'\)"):
+        validate(_tx(amount=["1", "ten", "x"]), "transactions", "tx.csv")
+
+
+def test_unparseable_timestamp_names_the_row():
+    with pytest.raises(InputError, match=r"column 'timestamp' is not an ISO 8601 .* row 3 \('yesterday'\)"):
+        validate(_tx(timestamp=["2024-01-01", "2024-01-02", "yesterday"]), "transactions", "tx.csv")
+
+
+def test_missing_customer_id_is_an_error():
+    with pytest.raises(InputError, match=r"column 'customer_id' is empty in 1 of 3 rows: row 2"):
+        validate(_tx(customer_id=["A", None, "B"]), "transactions")
+
+
+def test_mixed_time_zones_are_converted_to_utc():
+    out = validate(_tx(timestamp=["2024-01-01T10:00:00+02:00", "2024-01-01 08:00:00", "2024-01-01T03:00:00-05:00"]), "transactions")
+    assert (out["timestamp"] == pd.Timestamp("2024-01-01 08:00:00")).all()
+    assert out["timestamp"].dt.tz is None
+
+
+def test_exact_duplicates_are_dropped_and_counted(capsys):
+    out = validate(_tx(customer_id=["A", "A", "A"], timestamp=["2024-01-01"] * 3, amount=["5", "5", "6"]), "transactions", "t.csv")
+    assert len(out) == 2
+    assert "dropped 1 exact duplicate rows" in capsys.readouterr().err
+
+
+def test_returns_and_return_only_customers_are_valid():
+    out = validate(_tx(amount=["10", "-12", "-7"]), "transactions")
+    assert out["amount"].tolist() == [10.0, -12.0, -7.0]
+
+
+def test_numeric_customer_ids_from_parquet_lose_the_float_suffix():
+    out = validate(pd.DataFrame({"customer_id": [13085.0, 12.0], "timestamp": pd.to_datetime(["2024-01-01", "2024-01-02"]),
+                                 "amount": [1.0, 2.0]}), "transactions")
+    assert out["customer_id"].tolist() == ["13085", "12"]
+
+
+def test_nudges_treated_must_be_boolean():
+    nudges = pd.DataFrame({"customer_id": ["A", "B"], "timestamp": ["2024-01-01"] * 2, "campaign": ["c"] * 2,
+                           "channel": ["email"] * 2, "treated": ["true", "maybe"]})
+    with pytest.raises(InputError, match=r"'treated' is not a boolean .* row 2 \('maybe'\)"):
+        validate(nudges, "nudges")
+    assert validate(nudges.iloc[:1], "nudges")["treated"].tolist() == [True]
+
+
+def test_customers_table_rejects_duplicate_ids():
+    with pytest.raises(InputError, match="customer_id' is duplicated"):
+        validate(pd.DataFrame({"customer_id": ["A", "A"], "segment": ["x", "y"]}), "customers")
+
+
+@pytest.mark.parametrize("content,word", [(b"", "empty file"), (b"customer_id,timestamp,amount\n", "empty file")])
+def test_empty_files(tmp_path, content, word):
+    f = tmp_path / "t.csv"
+    f.write_bytes(content)
+    with pytest.raises(InputError, match=word):
+        read_table(f)
+
+
+def test_unreadable_parquet_and_missing_file(tmp_path):
+    bad = tmp_path / "t.parquet"
+    bad.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(InputError, match="not a readable Parquet file"):
+        read_table(bad)
+    with pytest.raises(InputError, match="file not found"):
+        load("transactions", tmp_path / "nope.csv")
+
+
+def test_parquet_and_csv_load_to_the_same_frame(tmp_path):
+    df = _tx()
+    df.to_csv(tmp_path / "t.csv", index=False)
+    validate(df, "transactions").to_parquet(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(load("transactions", tmp_path / "t.csv"), load("transactions", tmp_path / "t.parquet"))
+
+
+def test_as_of_date_means_end_of_day_and_bad_dates_fail():
+    assert parse_as_of("2024-03-01") == pd.Timestamp("2024-03-02") - pd.Timedelta(1, "ns")
+    assert parse_as_of("2024-03-01T12:00:00+01:00") == pd.Timestamp("2024-03-01 11:00:00")
+    for bad in ("2024-13-45", "tomorrow", ""):
+        with pytest.raises(InputError, match="--as-of"):
+            parse_as_of(bad)
