@@ -42,9 +42,9 @@ def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataF
                customers: pd.DataFrame | None = None) -> np.ndarray:
     """Sorted ids of the customers known by `as_of`: any transaction or event by then, or a customers row
     (whose `signup_date`, if given, is not after as-of)."""
-    parts = [_before(transactions, as_of)["customer_id"].to_numpy(dtype=object)]
+    parts = [_before(transactions, as_of)["customer_id"]]
     if events is not None:
-        parts.append(_before(events, as_of)["customer_id"].to_numpy(dtype=object))
+        parts.append(_before(events, as_of)["customer_id"])
     if customers is not None:
         known = customers
         if "signup_date" in customers.columns:
@@ -52,12 +52,14 @@ def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataF
             if getattr(signup.dt, "tz", None) is not None:
                 signup = signup.dt.tz_convert("UTC").dt.tz_localize(None)
             known = customers.loc[~(signup > as_of).to_numpy()]
-        parts.append(known["customer_id"].to_numpy(dtype=object))
-    return np.unique(np.concatenate(parts).astype(str))
+        parts.append(known["customer_id"])
+    ids = pd.concat([pd.Series(p.unique(), dtype="str") for p in parts], ignore_index=True).unique()
+    return np.sort(np.asarray(ids, dtype=object))
 
 
 def _codes(ids: pd.Series, universe: np.ndarray) -> np.ndarray:
-    return np.searchsorted(universe, ids.to_numpy(dtype=str))
+    """Position of each id in the sorted `universe` (every id must be in it)."""
+    return pd.Index(universe).get_indexer(ids).astype(np.int64)
 
 
 def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> np.ndarray | None:
@@ -75,8 +77,13 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
     and for each line the row of its order.
     """
     ts = _ns(tx["timestamp"])
-    key2 = tx["order_id"].to_numpy(dtype=str) if "order_id" in tx.columns else ts
-    line_order = pd.MultiIndex.from_arrays([cust, key2]).factorize()[0] if len(tx) else np.zeros(0, np.int64)
+    # order key: the rank of order_id in sorted order (or the timestamp), combined with the customer code
+    key2 = pd.factorize(tx["order_id"], sort=True)[0].astype(np.int64) if "order_id" in tx.columns else ts
+    k2, k2_max = (key2 - key2.min(), int(key2.max() - key2.min()) + 1) if len(tx) else (key2, 1)
+    if len(tx) and (int(cust.max()) + 1) * k2_max < 2**62:
+        line_order = pd.factorize(cust * k2_max + k2)[0]
+    else:
+        line_order = pd.MultiIndex.from_arrays([cust, key2]).factorize()[0] if len(tx) else np.zeros(0, np.int64)
     n = int(line_order.max()) + 1 if len(tx) else 0
     first_line = np.full(n, len(tx), np.int64)
     np.minimum.at(first_line, line_order, np.arange(len(tx)))
@@ -101,8 +108,8 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
 def _group_first(cust: np.ndarray, n: int) -> np.ndarray:
     """Index of the first row of each customer in `cust` (sorted); -1 where a customer has no row."""
     first = np.full(n, -1, np.int64)
-    uniq, idx = np.unique(cust, return_index=True)
-    first[uniq] = idx
+    starts = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]]) if len(cust) else np.zeros(0, np.int64)
+    first[cust[starts]] = starts
     return first
 
 
@@ -163,7 +170,7 @@ def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
 def _distinct_per_customer(cust: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
     codes = pd.factorize(values)[0].astype(np.int64)
     ok = codes >= 0
-    pairs = np.unique(cust[ok].astype(np.int64) * (codes.max() + 2) + codes[ok])
+    pairs = pd.unique(cust[ok].astype(np.int64) * (codes.max() + 2) + codes[ok])
     return np.bincount(pairs // (codes.max() + 2), minlength=n)
 
 

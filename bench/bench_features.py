@@ -1,0 +1,61 @@
+"""Benchmark: feature build time and peak memory for N simulated customers, against the DuckDB floor.
+
+Run `python bench/bench_features.py --customers 100000 1000000`; each size is simulated once into
+bench/data/ (ignored by git), then `features build` runs in a fresh process so peak RSS is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+
+
+def _child(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of a child process."""
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+
+
+def floor_seconds(tx: Path) -> float:
+    """DuckDB's single pass: group by customer, count and sum (best of three)."""
+    import duckdb
+
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        duckdb.sql(f"SELECT customer_id, count(*), sum(amount) FROM '{tx}' GROUP BY 1").fetchall()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--customers", type=int, nargs="+", default=[100_000, 1_000_000])
+    args = p.parse_args()
+    py = sys.executable
+    print("| customers | lines | build s | peak RSS GB | DuckDB floor s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for n in args.customers:
+        d = DATA / f"world_{n}"
+        if not (d / "transactions.parquet").exists():
+            subprocess.run([py, "-m", "features", "simulate", "--customers", str(n), "--out", str(d)], check=True,
+                           stderr=subprocess.DEVNULL)
+        import pyarrow.parquet as pq
+
+        lines = pq.ParquetFile(d / "transactions.parquet").metadata.num_rows
+        wall, rss = _child([py, "-m", "features", "build", "--transactions", str(d / "transactions.parquet"),
+                            "--events", str(d / "events.parquet"), "--customers", str(d / "customers.parquet"),
+                            "--as-of", "2025-12-31", "--out", str(d / "features.parquet")])
+        floor = floor_seconds(d / "transactions.parquet")
+        print(f"| {n:,} | {lines:,} | {wall:.1f} | {rss:.2f} | {floor:.2f} | {wall / floor:.0f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
