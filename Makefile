@@ -48,3 +48,16 @@ format: setup
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
+
+aha: setup
+	$(PY) -m features aha --transactions $(TX) --events $(EV) --as-of $(AS_OF) --out $(DATA)/aha
+
+# --- serving (issue 4) ---
+.PHONY: serve batch-score
+SCORES ?= $(DATA)/scores.parquet
+
+serve: setup
+	$(PY) -m serving serve --features $(DATA)/features.parquet
+
+batch-score: setup
+	$(PY) -m serving batch --transactions $(TX) --events $(EV) --customers $(CU) --as-of $(AS_OF) --out $(SCORES)

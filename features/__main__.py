@@ -1,4 +1,4 @@
-"""Command line of the features stage: `python -m features build|simulate|adapt|summary ...`."""
+"""Command line of the features stage: `python -m features build|aha|simulate|adapt|summary ...`."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--engine", choices=["pandas"], default="pandas",
                    help="computation engine (spark: not in this build)")
+    h = sub.add_parser("aha", help="Aha-moment / KPA discovery: rules, grid, earn table and an HTML report")
+    h.add_argument("--transactions", required=True)
+    h.add_argument("--events", help="events file (required: the behaviours to test)")
+    h.add_argument("--as-of", required=True)
+    h.add_argument("--within-days", type=int, help="only windows of at most this many days after the first purchase")
+    h.add_argument("--horizon-days", type=int, default=90, help="outcome window after the action window")
+    h.add_argument("--min-coverage", type=float, default=0.02, help="minimum share reaching (and missing) a rule")
+    h.add_argument("--out", required=True, help="directory for aha_rules.csv, aha_grid.csv, earn_table.csv, "
+                   "aha_report.html")
     s = sub.add_parser("simulate", help="write the demo world (known ground truth) to a directory")
     s.add_argument("--customers", type=int, default=50_000)
     s.add_argument("--seed", type=int, default=0)
@@ -52,6 +61,28 @@ def _build(args: argparse.Namespace) -> int:
     write_parquet(feats, args.out)
     print(f"wrote {len(feats):,} customers x {feats.shape[1] - 2} features to {args.out} "
           f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _aha(args: argparse.Namespace) -> int:
+    from features.aha_report import run_aha
+    from features.schema import load, parse_as_of
+
+    if not args.events:
+        raise InputError("aha: --events is required (the behaviours whose thresholds are tested)")
+    as_of = parse_as_of(args.as_of)
+    t0 = time.perf_counter()
+    print(f"loading inputs as of {as_of}", file=sys.stderr)
+    tx = load("transactions", args.transactions)
+    ev = load("events", args.events)
+    print(f"searching thresholds over {len(ev):,} events and {len(tx):,} transaction lines", file=sys.stderr)
+    found = run_aha(tx, ev, as_of, args.out, args.within_days, args.horizon_days, args.min_coverage)
+    rules = found["rules"]
+    print(f"wrote {len(rules)} rules and the report to {args.out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    for _, r in rules.head(5).iterrows():
+        print(f"{r['action']}: at least {int(r['min_count'])} within {int(r['within_days'])} days -> "
+              f"{r['rate_if']:.1%} come back vs {r['rate_else']:.1%} (coverage {r['coverage']:.1%}, "
+              f"phi {r['phi']:.3f}, {r['verdict']})")
     return 0
 
 
@@ -102,7 +133,7 @@ def _summary(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one command."""
     args = _parser().parse_args(argv)
-    return {"build": _build, "simulate": _simulate, "adapt": _adapt, "summary": _summary}[args.command](args)
+    return {"build": _build, "aha": _aha, "simulate": _simulate, "adapt": _adapt, "summary": _summary}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -167,7 +167,8 @@ def online_retail(path: Path) -> dict[str, pd.DataFrame]:
 
     Returns "transactions" (order_id = invoice, product_id = StockCode, category from `retail_category`,
     quantity, amount = Quantity * Price, channel "web") and "customers" (customer_id, country = the customer's most
-    frequent Country, ties broken alphabetically). Decisions:
+    frequent Country, ties broken alphabetically; signup_date = the first invoice, so that a customer is not
+    known before it). Decisions:
     - rows without a customer id are dropped: they cannot be attributed to anyone;
     - cancellations (invoices starting with "C") keep their negative quantity, so their amount is negative (a return);
     - bookkeeping codes in `DROPPED_STOCK_CODES` (bank charges, Amazon fees, bad-debt "B", adjustments, samples, test
@@ -203,6 +204,8 @@ def online_retail(path: Path) -> dict[str, pd.DataFrame]:
               .value_counts().rename("n").reset_index()
               .sort_values(["customer_id", "n", "country"], ascending=[True, False, True]))
     customers = counts.drop_duplicates("customer_id")[["customer_id", "country"]].reset_index(drop=True)
+    first_seen = transactions.groupby("customer_id")["timestamp"].min()
+    customers["signup_date"] = customers["customer_id"].map(first_seen).to_numpy()
     return {"transactions": transactions, "customers": customers}
 
 
