@@ -1,0 +1,109 @@
+"""Command line of the training stage: `python -m training train|evaluate|tune|promote ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from features.errors import InputError, run_cli
+
+__all__ = ["main"]
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--transactions", required=True)
+    p.add_argument("--events")
+    p.add_argument("--nudges")
+    p.add_argument("--customers")
+    p.add_argument("--as-of", required=True)
+    p.add_argument("--horizon-days", type=int, default=90)
+    p.add_argument("--value-horizon-days", type=int, default=365)
+    p.add_argument("--experiment", default="kairos")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    _data_options(sub.add_parser("train", help="backtest, fit and register a new version of 'kairos'"))
+    e = sub.add_parser("evaluate", help="backtest Kairos against the baselines and write the report, no registration")
+    _data_options(e)
+    e.add_argument("--out", required=True, help="directory for backtest_report.html and plots")
+    t = sub.add_parser("tune", help="Optuna search; the best parameters are used by the next train")
+    _data_options(t)
+    t.add_argument("--trials", type=int, default=30)
+    t.add_argument("--timeout", type=float, default=None, help="seconds")
+    pr = sub.add_parser("promote", help="move alias 'champion' to a version after the gate")
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version")
+    which.add_argument("--run-id")
+    pr.add_argument("--force", action="store_true", help="skip the gate")
+    return p
+
+
+def _inputs(args: argparse.Namespace):
+    from features.schema import load, parse_as_of
+    from training.train import Inputs
+
+    as_of = parse_as_of(args.as_of)
+    for opt in ("horizon_days", "value_horizon_days"):
+        if getattr(args, opt) < 1:
+            raise InputError(f"--{opt.replace('_', '-')} must be at least 1 day")
+    print("loading inputs", file=sys.stderr)
+    inputs = Inputs(load("transactions", args.transactions), load("events", args.events),
+                    load("customers", args.customers), load("nudges", args.nudges))
+    return inputs, as_of
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import train
+
+    inputs, as_of = _inputs(args)
+    result = train(inputs, as_of, args.horizon_days, args.value_horizon_days, args.experiment)
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.backtest import run_backtest
+    from training.report import metrics_table, write_report
+
+    inputs, as_of = _inputs(args)
+    bt = run_backtest(inputs.transactions, as_of, args.horizon_days, args.value_horizon_days, inputs.events,
+                      inputs.customers)
+    write_report(bt, Path(args.out))
+    print(f"backtest as of {bt.cutoff} on {int(bt.metrics['n_customers']):,} customers")
+    print(metrics_table(bt.metrics).to_string(float_format=lambda v: f"{v:.4f}"))
+    print("new customers (second purchase):")
+    print(metrics_table(bt.metrics, "new.").to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"report: {Path(args.out) / 'backtest_report.html'}", file=sys.stderr)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from training.tune import tune
+
+    if args.trials < 1:
+        raise InputError("--trials must be at least 1")
+    inputs, as_of = _inputs(args)
+    result = tune(inputs, as_of, args.horizon_days, args.value_horizon_days, args.experiment, args.trials, args.timeout)
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from training.promote import promote
+
+    result = promote(args.version, args.run_id, args.force)
+    print(json.dumps(result, default=str))
+    return 0 if result["promoted"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one command."""
+    args = _parser().parse_args(argv)
+    return {"train": _train, "evaluate": _evaluate, "tune": _tune, "promote": _promote}[args.command](args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,116 @@
+"""Backtest on the last fully observed window before `--as-of`: Kairos against BG/NBD, Pareto/NBD and RFM.
+
+The backtest cutoff is `as_of - max(horizon, value_horizon)`; the model is trained on rolling cutoffs whose
+label windows end by that cutoff, and every model (Kairos and baselines) is scored on the customers who had
+bought by the cutoff, against what they did in the windows after it.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from features.labels import build_labels, training_frame, value_column
+from features.pipeline import build_features
+from training.btyd import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter, rfm_summary
+from training.metrics import classification_metrics, value_metrics
+from training.models import KairosModel
+
+__all__ = ["Backtest", "backtest_cutoff", "baseline_scores", "evaluate", "run_backtest", "SCORERS"]
+
+SCORERS = ("kairos", "bgnbd", "paretonbd", "rfm")
+
+
+@dataclass
+class Backtest:
+    """What one backtest produced: its cutoff, metrics, the scored evaluation set and the fitted model."""
+
+    cutoff: pd.Timestamp
+    metrics: dict[str, float]
+    scored: pd.DataFrame
+    model: KairosModel
+
+
+def backtest_cutoff(as_of: pd.Timestamp, horizon_days: int, value_horizon_days: int) -> pd.Timestamp:
+    """The cutoff whose label windows end exactly at `as_of`."""
+    return pd.Timestamp(as_of) - pd.Timedelta(days=max(horizon_days, value_horizon_days))
+
+
+def _rfm_heuristic(features: pd.DataFrame, value_horizon_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain RFM: the sum of recency, frequency and monetary quintile scores, and last year's spend rate."""
+    def quintile(s: pd.Series) -> np.ndarray:
+        return np.ceil(s.rank(method="first", pct=True).to_numpy() * 5)
+
+    score = quintile(-features["recency_days"]) + quintile(features["n_orders"]) + quintile(features["net_spend_total"])
+    value = features["spend_365d"].clip(lower=0).to_numpy() * value_horizon_days / 365
+    return (score - 3) / 12, value
+
+
+def baseline_scores(transactions: pd.DataFrame, features: pd.DataFrame, cutoff: pd.Timestamp,
+                    horizon_days: int, value_horizon_days: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per baseline, (probability of a purchase in the horizon, expected value in the value horizon) for the
+    rows of `features`. BTYD probabilities are 1 - exp(-E[purchases]), a Poisson approximation."""
+    vcol = value_column(transactions)
+    summary = rfm_summary(transactions.assign(amount=transactions[vcol]), cutoff)
+    summary = summary.reindex(features["customer_id"].to_numpy())
+    ok = summary["frequency"].notna().to_numpy()
+    f, r, t, m = (summary[c].fillna(0).to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
+    fit = summary.loc[ok]
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    repeat = (fit["frequency"] > 0) & (fit["monetary_value"] > 0)
+    try:
+        gg = GammaGammaFitter(penalizer_coef=0.001).fit(fit["frequency"][repeat], fit["monetary_value"][repeat])
+        spend = np.asarray(gg.conditional_expected_average_profit(f, np.where(f > 0, m, 0)), dtype=float)
+    except Exception as exc:  # a baseline that cannot be fitted is reported, not fatal
+        print(f"note: Gamma-Gamma did not fit ({exc}); BTYD value uses the mean order value", file=sys.stderr)
+        spend = np.full(len(f), float(fit["monetary_value"][repeat].mean()))
+    for name, fitter in (("bgnbd", BetaGeoFitter), ("paretonbd", ParetoNBDFitter)):
+        try:
+            model = fitter(penalizer_coef=0.001).fit(fit["frequency"], fit["recency"], fit["T"])
+            e_h = np.asarray(model.expected_purchases(horizon_days, f, r, t), dtype=float)
+            e_v = np.asarray(model.expected_purchases(value_horizon_days, f, r, t), dtype=float)
+            out[name] = (np.where(ok, 1 - np.exp(-e_h), 0.0), np.where(ok, e_v * spend, 0.0))
+        except Exception as exc:
+            print(f"note: {name} did not fit ({exc}); its metrics are left out", file=sys.stderr)
+    out["rfm"] = _rfm_heuristic(features, value_horizon_days)
+    return out
+
+
+def evaluate(scored: pd.DataFrame, scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Metrics `<scorer>.<metric>` on all buyers and `new.<scorer>.<metric>` on one-order customers."""
+    y, yv = scored["y_purchase"].to_numpy(), scored["y_value"].to_numpy(dtype=float)
+    one = scored["n_orders"].to_numpy() == 1
+    metrics: dict[str, float] = {"n_customers": float(len(scored)), "n_new_customers": float(one.sum())}
+    for name, (p, value) in scores.items():
+        metrics.update({f"{name}.{k}": v for k, v in classification_metrics(y, p).items()})
+        metrics.update({f"{name}.{k}": v for k, v in value_metrics(yv, value).items()})
+        if name == "kairos":
+            p = scored["p_second_purchase"].to_numpy()
+        if one.sum() >= 10:
+            metrics.update({f"new.{name}.{k}": v for k, v in classification_metrics(y[one], p[one]).items()})
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def run_backtest(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, value_horizon_days: int,
+                 events: pd.DataFrame | None = None, customers: pd.DataFrame | None = None,
+                 params: dict | None = None, n_cutoffs: int = 6, step_days: int = 30,
+                 progress: Callable = tqdm) -> Backtest:
+    """Train Kairos as of the backtest cutoff, score it and the baselines on the window after it."""
+    cutoff = backtest_cutoff(as_of, horizon_days, value_horizon_days)
+    frame = training_frame(transactions, cutoff, horizon_days, value_horizon_days, events, customers,
+                           n_cutoffs=n_cutoffs, step_days=step_days, progress=progress)
+    model = KairosModel(params, horizon_days=horizon_days).fit(frame)
+    feats = build_features(transactions, cutoff, events, customers)
+    feats = feats.loc[feats["n_orders"] > 0].reset_index(drop=True)
+    labels = build_labels(transactions, cutoff, feats["customer_id"].to_numpy(dtype=str), horizon_days, value_horizon_days)
+    scored = pd.concat([feats, labels.drop(columns="customer_id"), model.predict(feats)], axis=1)
+    scores = {"kairos": (scored["p_purchase"].to_numpy(), scored["expected_value"].to_numpy())}
+    scores.update(baseline_scores(transactions, feats, cutoff, horizon_days, value_horizon_days))
+    for name, (p, value) in scores.items():
+        if name != "kairos":
+            scored[f"{name}_p"], scored[f"{name}_value"] = p, value
+    return Backtest(cutoff, evaluate(scored, scores), scored, model)

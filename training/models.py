@@ -1,0 +1,228 @@
+"""The Kairos models: calibrated LightGBM classifiers for the next and the second purchase, and a value model.
+
+`KairosModel.fit(frame)` takes the rolling-origin frame of `features.labels.training_frame`. Each model is
+trained on the older cutoffs with early stopping on the newest cutoff (out of time), and calibrated on that
+newest cutoff: isotonic calibration of the frozen classifier for probabilities, a total-matching factor for
+value. The value model is either a hurdle (P(buy) x E[value | buy], gamma regression) or a direct Tweedie
+regression; `value_form="auto"` keeps the one with the better out-of-time normalized Gini.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+
+from features.errors import InputError
+from features.spec import FEATURE_DOCS
+from training.btyd import BetaGeoFitter
+from training.metrics import normalized_gini
+
+__all__ = ["FeatureSpec", "KairosModel", "DEFAULT_PARAMS", "MIN_CUSTOMERS", "time_split"]
+
+LABELS = ("y_purchase", "y_value")
+MIN_CUSTOMERS = 50
+DEFAULT_PARAMS: dict = {
+    "n_estimators": 600, "learning_rate": 0.05, "num_leaves": 31, "min_child_samples": 40,
+    "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "reg_lambda": 1.0,
+}
+
+
+@dataclass
+class FeatureSpec:
+    """The model's input columns and the categories of its categorical columns, fixed at training time."""
+
+    columns: list[str]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> FeatureSpec:
+        """Every column but ids and labels; text columns become categoricals with the categories seen."""
+        cols = [c for c in frame.columns if c not in ("customer_id", "as_of", *LABELS)]
+        cats = {c: sorted(frame[c].dropna().astype(str).unique().tolist())
+                for c in cols if not pd.api.types.is_numeric_dtype(frame[c])}
+        return cls(cols, cats)
+
+    def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The model matrix of `features`: missing columns become NaN, unseen categories NaN."""
+        out = {}
+        for c in self.columns:
+            s = features[c] if c in features.columns else pd.Series(np.nan, index=features.index)
+            if c in self.categories:
+                out[c] = pd.Categorical(s.astype("object").where(s.notna(), None), categories=self.categories[c])
+            else:
+                out[c] = pd.to_numeric(s, errors="coerce").astype("float64")
+        return pd.DataFrame(out, index=features.index)
+
+
+BTYD_DOCS = {
+    "btyd_expected_purchases": "BG/NBD expected purchases in the horizon",
+    "btyd_p_alive": "BG/NBD probability that the customer is still active",
+}
+
+
+def fit_bgnbd(features: pd.DataFrame) -> dict[str, float]:
+    """BG/NBD parameters fitted on the buyers of one cutoff's features (days as the time unit)."""
+    buyers = features.loc[features["n_orders"] > 0]
+    tenure = buyers["tenure_days"].to_numpy(dtype=float)
+    fitter = BetaGeoFitter(penalizer_coef=0.001)
+    fitter.fit(buyers["n_orders"].to_numpy() - 1, tenure - buyers["recency_days"].to_numpy(dtype=float), tenure)
+    return fitter.params_
+
+
+def btyd_features(features: pd.DataFrame, params: dict[str, float], horizon_days: int) -> pd.DataFrame:
+    """BG/NBD expected purchases and P(alive) of each row, from population parameters fitted separately.
+
+    Population statistics are model parameters, not features, so `build_features` stays per-customer."""
+    fitter = BetaGeoFitter()
+    fitter.params_ = params
+    n = features["n_orders"].to_numpy(dtype=float)
+    tenure = np.nan_to_num(features["tenure_days"].to_numpy(dtype=float))
+    x, tx = np.maximum(n - 1, 0), np.clip(tenure - np.nan_to_num(features["recency_days"].to_numpy(dtype=float)), 0, None)
+    buyer = n > 0
+    return pd.DataFrame({
+        "btyd_expected_purchases": np.where(buyer, fitter.expected_purchases(horizon_days, x, tx, tenure), np.nan),
+        "btyd_p_alive": np.where(buyer, fitter.prob_alive(x, tx, tenure), np.nan),
+    }, index=features.index)
+
+
+def time_split(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Train on older cutoffs, validate on the newest; with one cutoff, hold out a fifth of customers by hash."""
+    cut = frame["as_of"].to_numpy()
+    if len(np.unique(cut)) > 1:
+        valid = cut == cut.max()
+    else:
+        valid = pd.util.hash_pandas_object(frame["customer_id"], index=False).to_numpy() % 5 == 0
+    return ~valid, valid
+
+
+def _check(y: np.ndarray, what: str) -> None:
+    if len(np.unique(y)) < 2:
+        raise InputError(f"transactions: no {'positives' if y.sum() == 0 else 'negatives'} for the {what} "
+                         f"label in the training windows; more history or more customers are needed")
+
+
+class KairosModel:
+    """Three LightGBM models behind one predict: p_purchase, p_second_purchase and expected_value."""
+
+    def __init__(self, params: dict | None = None, value_form: str = "auto", horizon_days: int = 90,
+                 seed: int = 0, n_jobs: int = 2):
+        self.params = {**DEFAULT_PARAMS, **(params or {})}
+        self.horizon_days = horizon_days
+        self.value_form = value_form
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    def _lgb(self, kind: str, **extra) -> lgb.LGBMModel:
+        est = lgb.LGBMClassifier if kind == "clf" else lgb.LGBMRegressor
+        return est(**self.params, **extra, random_state=self.seed, n_jobs=self.n_jobs, verbose=-1)
+
+    def _fit_one(self, est: lgb.LGBMModel, X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
+                 valid: np.ndarray) -> lgb.LGBMModel:
+        return est.fit(X[train], y[train], eval_X=(X[valid],), eval_y=(y[valid],),
+                       callbacks=[lgb.early_stopping(50, verbose=False)])
+
+    def _classifier(self, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, valid: np.ndarray,
+                    what: str) -> CalibratedClassifierCV:
+        _check(y[train], what)
+        _check(y[valid], what)
+        clf = self._fit_one(self._lgb("clf"), X, y, train, valid)
+        return CalibratedClassifierCV(FrozenEstimator(clf), method="isotonic").fit(X[valid], y[valid])
+
+    def _value(self, form: str, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, valid: np.ndarray) -> dict:
+        if form == "tweedie":
+            reg = self._fit_one(self._lgb("reg", objective="tweedie", tweedie_variance_power=1.3), X, y, train, valid)
+            parts = {"reg": reg}
+        else:
+            buy = y > 0
+            clf = self._classifier(X, buy.astype(int), train, valid, "value-window purchase")
+            reg = self._fit_one(self._lgb("reg", objective="gamma"), X, y, train & buy, valid & buy)
+            parts = {"clf": clf, "reg": reg}
+        pred = self._value_predict(parts, X[valid])
+        parts["scale"] = float(y[valid].sum() / pred.sum()) if pred.sum() > 0 else 1.0
+        parts["valid_gini"] = normalized_gini(y[valid], pred)
+        return parts
+
+    @staticmethod
+    def _value_predict(parts: dict, X: pd.DataFrame) -> np.ndarray:
+        pred = parts["reg"].predict(X)
+        if "clf" in parts:
+            pred = parts["clf"].predict_proba(X)[:, 1] * pred
+        return pred * parts.get("scale", 1.0)
+
+    def fit(self, frame: pd.DataFrame) -> KairosModel:
+        """Fit the three models on a rolling-origin frame (features plus y_purchase and y_value)."""
+        buyers = frame.loc[frame["n_orders"] > 0].reset_index(drop=True)
+        n_customers = buyers["customer_id"].nunique()
+        if n_customers < MIN_CUSTOMERS:
+            raise InputError(f"transactions: only {n_customers} customers with purchases before the training "
+                             f"cutoffs; Kairos needs at least {MIN_CUSTOMERS} customers")
+        self.bgnbd_ = {c: fit_bgnbd(group) for c, group in frame.groupby("as_of")}
+        frame = pd.concat([frame, pd.concat([btyd_features(g, self.bgnbd_[c], self.horizon_days)
+                                             for c, g in frame.groupby("as_of")])], axis=1)
+        self.bgnbd_latest_ = self.bgnbd_[max(self.bgnbd_)]
+        self.spec_ = FeatureSpec.from_frame(frame)
+        X, (train, valid) = self.spec_.matrix(frame), time_split(frame)
+        y = frame["y_purchase"].to_numpy()
+        self.purchase_ = self._classifier(X, y, train, valid, "next-purchase")
+        one = frame["n_orders"].to_numpy() == 1
+        try:
+            self.second_ = self._classifier(X[one], y[one], train[one], valid[one], "second-purchase")
+        except InputError:
+            self.second_ = None  # too few one-order customers: p_second_purchase falls back to p_purchase
+        yv = frame["y_value"].to_numpy(dtype=float)
+        forms = ["hurdle", "tweedie"] if self.value_form == "auto" else [self.value_form]
+        fitted = {f: self._value(f, X, yv, train, valid) for f in forms}
+        self.value_form_ = max(fitted, key=lambda f: np.nan_to_num(fitted[f]["valid_gini"], nan=-1))
+        self.value_ = fitted[self.value_form_]
+        self.value_forms_gini_ = {f: fitted[f]["valid_gini"] for f in forms}
+        self.n_train_rows_ = int(len(frame))
+        return self
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Scores of each row: p_purchase, p_second_purchase (one-order customers only), expected_value."""
+        X = self.matrix(features)
+        p = self.purchase_.predict_proba(X)[:, 1]
+        one = features["n_orders"].to_numpy() == 1
+        second = np.full(len(X), np.nan)
+        if one.any():
+            model = self.second_ or self.purchase_
+            second[one] = model.predict_proba(X[one])[:, 1]
+        return pd.DataFrame({"p_purchase": p, "p_second_purchase": second,
+                             "expected_value": np.clip(self._value_predict(self.value_, X), 0, None)},
+                            index=features.index)
+
+    def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The model matrix of feature rows: BG/NBD columns from the newest parameters, then the spec."""
+        if not hasattr(self, "spec_"):
+            raise ValueError("Model has not been fit yet.")
+        btyd = btyd_features(features, self.bgnbd_latest_, self.horizon_days)
+        return self.spec_.matrix(pd.concat([features, btyd], axis=1))
+
+    def booster(self) -> lgb.Booster:
+        """The (uncalibrated) booster of the next-purchase model, for importances and contributions."""
+        return self.purchase_.estimator.estimator.booster_
+
+    def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Per-row SHAP contributions (log-odds) of each feature to the next-purchase model."""
+        X = self.matrix(features)
+        return pd.DataFrame(self.booster().predict(X, pred_contrib=True)[:, :-1], columns=X.columns, index=X.index)
+
+    def reasons(self, features: pd.DataFrame, k: int = 3) -> list[str]:
+        """The top `k` drivers of each row's next-purchase score, in words."""
+        X = self.matrix(features)
+        contrib = self.booster().predict(X, pred_contrib=True)[:, :-1]
+        top = np.argsort(-np.abs(contrib), axis=1)[:, :k]
+        cols = X.columns
+        return ["; ".join(_describe(cols[j], X.iat[i, j], contrib[i, j]) for j in top[i]) for i in range(len(X))]
+
+
+def _describe(col: str, value: object, contribution: float) -> str:
+    doc = {**FEATURE_DOCS, **BTYD_DOCS}.get(col, col.removeprefix("attr_").replace("_", " "))
+    direction = "raises" if contribution > 0 else "lowers"
+    shown = "unknown" if value is None or (isinstance(value, float) and np.isnan(value)) else (
+        f"{value:.3g}" if isinstance(value, (int, float, np.floating, np.integer)) else str(value))
+    return f"{doc} = {shown} {direction} the purchase probability"
