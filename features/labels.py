@@ -51,8 +51,8 @@ def build_labels(transactions: pd.DataFrame, cutoff: pd.Timestamp, customer_ids:
     })
 
 
-def rolling_cutoffs(transactions: pd.DataFrame, as_of: pd.Timestamp, label_days: int, n_cutoffs: int = 6,
-                    step_days: int = 30, min_history_days: int = 30) -> list[pd.Timestamp]:
+def rolling_cutoffs(transactions: pd.DataFrame, as_of: pd.Timestamp, label_days: int, n_cutoffs: int = 12,
+                    step_days: int = 14, min_history_days: int = 30) -> list[pd.Timestamp]:
     """Cutoffs `c_k = as_of - label_days - k * step_days` (newest first) whose label windows end by `as_of`
     and that leave at least `min_history_days` of data before them."""
     start = transactions["timestamp"].min() + pd.Timedelta(days=min_history_days)
@@ -62,7 +62,7 @@ def rolling_cutoffs(transactions: pd.DataFrame, as_of: pd.Timestamp, label_days:
 
 def training_frame(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, value_horizon_days: int,
                    events: pd.DataFrame | None = None, customers: pd.DataFrame | None = None,
-                   n_cutoffs: int = 6, step_days: int = 30, params: FeatureParams = FeatureParams(),
+                   n_cutoffs: int = 12, step_days: int = 14, params: FeatureParams = FeatureParams(),
                    progress: Callable = tqdm) -> pd.DataFrame:
     """Stack features and labels over rolling cutoffs; no label window crosses `as_of`.
 

@@ -15,7 +15,7 @@ import pandas as pd
 from features.lifecycle import StageRules, lifecycle_stage
 from features.spec import EVENT_TYPES, FEATURE_DOCS, WINDOWS
 
-__all__ = ["FeatureParams", "build_features", "order_table", "population"]
+__all__ = ["FeatureParams", "build_features", "customer_codes", "order_table", "population"]
 
 DAY_NS = 86_400 * 10**9
 
@@ -38,28 +38,32 @@ def _before(df: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame | None
     return df.loc[df["timestamp"].to_numpy() <= as_of.to_datetime64()]
 
 
+def _known_customers(customers: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Rows of the customers table that exist by `as_of` (no `signup_date` after it)."""
+    if "signup_date" not in customers.columns:
+        return customers
+    signup = pd.to_datetime(customers["signup_date"], errors="coerce", format="ISO8601")
+    if getattr(signup.dt, "tz", None) is not None:
+        signup = signup.dt.tz_convert("UTC").dt.tz_localize(None)
+    return customers.loc[~(signup > as_of).to_numpy()]
+
+
+def customer_codes(*id_columns: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sorted ids of the union of `id_columns`, and each column's codes into them."""
+    lengths = np.cumsum([0, *(len(c) for c in id_columns)])
+    codes, ids = pd.factorize(pd.concat([c.astype("str") for c in id_columns], ignore_index=True), sort=True)
+    codes = codes.astype(np.int64)
+    return np.asarray(ids, dtype=object), [codes[a:b] for a, b in zip(lengths[:-1], lengths[1:])]
+
+
 def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataFrame | None = None,
                customers: pd.DataFrame | None = None) -> np.ndarray:
     """Sorted ids of the customers known by `as_of`: any transaction or event by then, or a customers row
     (whose `signup_date`, if given, is not after as-of)."""
-    parts = [_before(transactions, as_of)["customer_id"]]
-    if events is not None:
-        parts.append(_before(events, as_of)["customer_id"])
+    parts = [_before(df, as_of)["customer_id"] for df in (transactions, events) if df is not None]
     if customers is not None:
-        known = customers
-        if "signup_date" in customers.columns:
-            signup = pd.to_datetime(customers["signup_date"], errors="coerce", format="ISO8601")
-            if getattr(signup.dt, "tz", None) is not None:
-                signup = signup.dt.tz_convert("UTC").dt.tz_localize(None)
-            known = customers.loc[~(signup > as_of).to_numpy()]
-        parts.append(known["customer_id"])
-    ids = pd.concat([pd.Series(p.unique(), dtype="str") for p in parts], ignore_index=True).unique()
-    return np.sort(np.asarray(ids, dtype=object))
-
-
-def _codes(ids: pd.Series, universe: np.ndarray) -> np.ndarray:
-    """Position of each id in the sorted `universe` (every id must be in it)."""
-    return pd.Index(universe).get_indexer(ids).astype(np.int64)
+        parts.append(_known_customers(customers, as_of)["customer_id"])
+    return customer_codes(*parts)[0]
 
 
 def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> np.ndarray | None:
@@ -286,14 +290,14 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     as_of = pd.Timestamp(as_of)
     as_of_ns = int(as_of.value)
     tx, ev = _before(transactions, as_of), _before(events, as_of)
-    ids = population(tx, as_of, ev, customers)
+    known = None if customers is None else _known_customers(customers, as_of)
+    ids, (cust, *rest) = customer_codes(tx["customer_id"], *(df["customer_id"] for df in (ev, known) if df is not None))
     n = len(ids)
-    cust = _codes(tx["customer_id"], ids)
     orders, line_order = order_table(tx, cust)
     feats = _rfm(orders, n, as_of_ns)
     first_order, first_ts = feats.pop("_first_order"), feats.pop("_first_ts")
     feats.update(_first_order_and_kpa(tx, cust, orders, line_order, first_order, n, params))
-    ev_cust = _codes(ev["customer_id"], ids) if ev is not None else None
+    ev_cust = rest[0] if ev is not None else None
     feats.update(_engagement(ev, ev_cust, first_ts, n, as_of_ns))
     df = pd.DataFrame({name: feats[name] for name in FEATURE_DOCS if name in feats})
     for col in df.columns:

@@ -97,7 +97,7 @@ def evaluate(scored: pd.DataFrame, scores: dict[str, tuple[np.ndarray, np.ndarra
 
 def run_backtest(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, value_horizon_days: int,
                  events: pd.DataFrame | None = None, customers: pd.DataFrame | None = None,
-                 params: dict | None = None, n_cutoffs: int = 6, step_days: int = 30,
+                 params: dict | None = None, n_cutoffs: int = 12, step_days: int = 14,
                  progress: Callable = tqdm) -> Backtest:
     """Train Kairos as of the backtest cutoff, score it and the baselines on the window after it."""
     cutoff = backtest_cutoff(as_of, horizon_days, value_horizon_days)

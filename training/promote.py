@@ -22,13 +22,13 @@ def _version_of(version: str | None, run_id: str | None) -> str:
     c = client()
     if version:
         try:
-            return c.get_model_version(MODEL_NAME, str(version)).version
+            return str(c.get_model_version(MODEL_NAME, str(version)).version)
         except Exception:
             raise InputError(f"model registry: no version {version} of '{MODEL_NAME}'") from None
     found = c.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_id}'")
     if not found:
         raise InputError(f"model registry: run {run_id} registered no version of '{MODEL_NAME}'")
-    return found[0].version
+    return str(found[0].version)
 
 
 def compare_on_backtest(candidate: str, champion: str) -> dict[str, float]:

@@ -42,7 +42,7 @@ def alias_version(alias: str, name: str = MODEL_NAME) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client().get_model_version_by_alias(name, alias).version
+        return str(client().get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 

@@ -1,0 +1,1 @@
+"""Serving: the BentoML service, the next-best-action policy and the nightly batch scoring."""

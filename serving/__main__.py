@@ -1,0 +1,91 @@
+"""Command line of the serving stage: `python -m serving batch|serve ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from features.errors import InputError, run_cli
+
+__all__ = ["main"]
+
+DEFAULT_MODEL = "models:/kairos@champion"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("batch", help="score every customer as of a date and decide the next best action")
+    b.add_argument("--transactions", required=True)
+    b.add_argument("--events")
+    b.add_argument("--customers")
+    b.add_argument("--as-of", required=True)
+    b.add_argument("--out", required=True, help="scores.parquet (a directory with --partition-by-date)")
+    b.add_argument("--model-uri", default=DEFAULT_MODEL)
+    b.add_argument("--budget", type=float, help="total contact cost of this run (highest priority first)")
+    b.add_argument("--partition-by-date", action="store_true", help="write OUT/as_of=YYYY-MM-DD/scores.parquet")
+    b.add_argument("--policy", help="policy YAML (default: serving/policy.yaml)")
+    b.add_argument("--reasons", choices=["all", "nudged", "none"], default="nudged",
+                   help="whose top drivers to compute (a few ms per customer); the policy's reason is always given")
+    b.add_argument("--no-record", dest="record", action="store_false",
+                   help="do not record the nudges in the contact log")
+    b.add_argument("--features-out", help="also write the features (the snapshot for `serve --features`)")
+    b.add_argument("--engine", choices=["pandas"], default="pandas", help="computation engine (spark: issue 7)")
+    s = sub.add_parser("serve", help="start the BentoML HTTP service in the foreground")
+    s.add_argument("--port", type=int, default=3000)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--model-uri", default=DEFAULT_MODEL)
+    s.add_argument("--features", help="feature snapshot answering requests by customer_id (features build output)")
+    s.add_argument("--policy", help="policy YAML (default: serving/policy.yaml)")
+    return p
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from serving.batch import BatchOptions, run_batch
+
+    opts = {k: v for k, v in vars(args).items() if k not in ("command", "engine")}
+    summary = run_batch(BatchOptions(**opts))
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.policy import load_policy
+    from serving.scoring import resolve_model_uri
+    from training.registry import configure, tracking_uri
+
+    if args.features:
+        from serving.snapshot import check_snapshot
+
+        check_snapshot(args.features)
+    load_policy(args.policy)
+    configure()
+    uri, version = resolve_model_uri(args.model_uri)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "KAIROS_MODEL_URI": uri, "BENTOML_DO_NOT_TRACK": "true",
+           "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONPATH": os.pathsep.join(
+               [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.setdefault("BENTOML_HOME", str(Path.cwd() / ".venv" / "bentoml"))
+    env.setdefault("KAIROS_CONTACT_DB", f"sqlite:///{Path.cwd() / 'mlruns' / 'contacts.db'}")
+    for key, value in (("KAIROS_FEATURES", args.features), ("KAIROS_POLICY", args.policy)):
+        if value:
+            env[key] = str(Path(value).resolve())
+    print(f"serving model version {version} ({uri}) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Kairos", "--host", args.host,
+           "--port", str(args.port), "--working-dir", str(root)]
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one command."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "port", 1) is not None and not 0 < getattr(args, "port", 1) < 65536:
+        raise InputError(f"--port {args.port}: not a TCP port")
+    return {"batch": _batch, "serve": _serve}[args.command](args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

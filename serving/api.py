@@ -1,0 +1,191 @@
+"""Request bodies of the HTTP API and the request handler behind the BentoML service (testable without a server).
+
+An item is either `{"customer_id"}` (looked up in the feature snapshot) or `{"customer_id", "transactions",
+"events", "attributes", "as_of"}` (features computed on the fly by `build_features`, the batch's feature code).
+"""
+from __future__ import annotations
+
+import os
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from features.errors import InputError
+from serving.policy import DAY_NS, PolicyConfig, contact_summary, decide_arrays, required_columns
+from serving.scoring import SCORE_COLUMNS, _json_value
+
+__all__ = ["MAX_CUSTOMERS", "CustomerIn", "EventIn", "Scorer", "TransactionIn"]
+
+MAX_CUSTOMERS = int(os.environ.get("KAIROS_MAX_CUSTOMERS", "1000"))
+
+
+class TransactionIn(BaseModel):
+    """One transaction line (canonical schema of DESIGN.md); customer_id defaults to the item's."""
+
+    model_config = ConfigDict(extra="forbid")
+    timestamp: datetime | date = Field(description="ISO 8601 date or datetime of the line")
+    amount: float = Field(description="revenue of the line; negative = return", allow_inf_nan=False)
+    customer_id: str | None = Field(None, description="must equal the item's customer_id when given")
+    order_id: str | None = Field(None, description="order of the line (else one order per timestamp)")
+    product_id: str | None = Field(None, description="product bought")
+    category: str | None = Field(None, description="product category")
+    quantity: float | None = Field(None, description="units", allow_inf_nan=False)
+    margin: float | None = Field(None, description="gross margin of the line", allow_inf_nan=False)
+    channel: str | None = Field(None, description="sales channel, e.g. web, app, store")
+
+
+class EventIn(BaseModel):
+    """One behavioural event (app_session, feedback, review, referral, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+    timestamp: datetime | date = Field(description="ISO 8601 date or datetime of the event")
+    event: str = Field(description="event type, e.g. app_session, feedback, review, referral", min_length=1)
+    value: float | None = Field(None, description="optional value of the event", allow_inf_nan=False)
+    customer_id: str | None = Field(None, description="must equal the item's customer_id when given")
+
+
+class CustomerIn(BaseModel):
+    """One customer: by id from the snapshot, or with raw history scored on the fly."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(description="the customer's id", min_length=1, max_length=128)
+    transactions: list[TransactionIn] | None = Field(
+        None, description="raw history: features are computed on the fly instead of looked up", max_length=100_000)
+    events: list[EventIn] | None = Field(None, description="raw events (with transactions)", max_length=100_000)
+    attributes: dict[str, str | float | int | bool | None] | None = Field(
+        None, description="static attributes (customers table columns such as signup_date, segment)")
+    as_of: str | None = Field(None, description="cutoff for raw history as in --as-of: a date means the end of "
+                                                "that day (UTC); default: now")
+
+    @field_validator("as_of")
+    @classmethod
+    def _as_of(cls, v: str | None) -> str | None:
+        from features.schema import parse_as_of
+
+        if v is not None:
+            try:
+                parse_as_of(v)
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+
+def _utc_naive(ts) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
+
+
+class Scorer:
+    """Answers score requests: snapshot look-ups or raw histories, scored by one model and decided by the policy."""
+
+    def __init__(self, model, version: str, config: PolicyConfig, snapshot=None, contact_log=None):
+        self.model, self.version, self.config = model, version, config
+        self.snapshot, self.contact_log = snapshot, contact_log
+        self.columns = required_columns(config)
+
+    def _contacts(self, ids: np.ndarray, as_of_ns: np.ndarray, recency: np.ndarray, now: pd.Timestamp):
+        if self.contact_log is None or not len(ids):
+            return None
+        since = now - pd.Timedelta(days=max(self.config.cooldown_days, self.config.cap_window_days) + 1)
+        rows = self.contact_log.recent(list(dict.fromkeys(ids.tolist())), since)
+        if not rows:
+            return None
+        where = {}
+        for i, c in enumerate(ids.tolist()):
+            where.setdefault(c, i)
+        pos = np.array([where.get(c, -1) for c, _ in rows], dtype=np.int64)
+        ts = np.array([pd.Timestamp(t).value for _, t in rows], dtype=np.int64)
+        last_purchase = as_of_ns - recency.astype(float) * DAY_NS
+        return contact_summary(len(ids), pos, ts, last_purchase, now.value, self.config.cap_window_days)
+
+    def _rows(self, cols: dict[str, np.ndarray], drivers: list[str] | None, now: pd.Timestamp) -> list[dict]:
+        as_of_ns = np.asarray(cols["as_of"]).astype("datetime64[ns]").astype(np.int64)
+        contacts = self._contacts(np.asarray(cols["customer_id"], dtype=str), as_of_ns,
+                                  np.asarray(cols["recency_days"], dtype=float), now)
+        dec = decide_arrays(cols, self.config, contacts, now.value)
+        out = []
+        for i in range(len(dec["action"])):
+            reasons = dec["reasons"][i] + (f"; drivers: {drivers[i]}" if drivers else "")
+            out.append({
+                "customer_id": str(cols["customer_id"][i]), "as_of": pd.Timestamp(cols["as_of"][i]).isoformat(),
+                "n_orders": int(cols["n_orders"][i]), "lifecycle_stage": str(cols["lifecycle_stage"][i]),
+                "p_purchase": _json_value(cols["p_purchase"][i]),
+                "p_second_purchase": _json_value(cols["p_second_purchase"][i]),
+                "expected_value": _json_value(cols["expected_value"][i]), "action": dec["action"][i],
+                "channel": dec["channel"][i], "message": dec["message"][i],
+                "priority": _json_value(dec["priority"][i]), "reasons": reasons, "model_version": self.version})
+        return out
+
+    def _raw(self, item: CustomerIn, now: pd.Timestamp, with_reasons: bool) -> dict:
+        from features.pipeline import build_features
+        from features.schema import parse_as_of, validate
+
+        cid = item.customer_id
+        as_of = parse_as_of(item.as_of) if item.as_of is not None else now
+        for what, rows in (("transactions", item.transactions or []), ("events", item.events or [])):
+            if any(r.customer_id not in (None, cid) for r in rows):
+                raise InputError(f"{what}: customer_id differs from the item's customer_id {cid!r}")
+        lines = [{**r.model_dump(exclude_none=True), "customer_id": cid, "timestamp": _utc_naive(r.timestamp)}
+                 for r in item.transactions or []]
+        tx = validate(pd.DataFrame(lines), "transactions", f"{cid}.transactions") if lines else pd.DataFrame(
+            {"customer_id": pd.Series([], dtype="str"), "timestamp": pd.Series([], dtype="datetime64[ns]"),
+             "amount": pd.Series([], dtype=float)})
+        evs = [{**r.model_dump(exclude_none=True), "customer_id": cid, "timestamp": _utc_naive(r.timestamp)}
+               for r in item.events or []]
+        ev = validate(pd.DataFrame(evs), "events", f"{cid}.events") if evs else None
+        cu = validate(pd.DataFrame([{**(item.attributes or {}), "customer_id": cid}]), "customers") \
+            if item.attributes else None
+        feats = build_features(tx, as_of, ev, cu)
+        if feats.empty:
+            feats = build_features(tx, as_of, ev, pd.DataFrame({"customer_id": [cid]}))
+        scores = self.model.predict(feats)
+        cols = {c: feats[c].to_numpy() for c in self.columns if c in feats.columns}
+        cols.update({c: scores[c].to_numpy(dtype=float) for c in ("p_purchase", "p_second_purchase", "expected_value")})
+        cols["as_of"] = feats["as_of"].to_numpy().astype("datetime64[ns]")
+        drivers = None
+        if with_reasons:
+            from serving.scoring import driver_reasons
+
+            drivers = driver_reasons(self.model, feats)
+        return self._rows(cols, drivers, now)[0]
+
+    def score(self, items: list[CustomerIn], with_reasons: bool = True, now: pd.Timestamp | None = None) -> list[dict]:
+        """One result per item, in order: a score row, or `{customer_id, error}` for an unknown customer."""
+        now = now or pd.Timestamp.now(tz="UTC").tz_localize(None)
+        results: list[dict | None] = [None] * len(items)
+        lookup = [i for i, it in enumerate(items) if it.transactions is None and it.events is None]
+        if lookup:
+            ids = [items[i].customer_id for i in lookup]
+            pos = self.snapshot.positions(ids) if self.snapshot is not None else np.full(len(ids), -1)
+            known = pos >= 0
+            if known.any():
+                kpos = pos[known]
+                drivers = self.snapshot.drivers(kpos) if with_reasons else None
+                rows = iter(self._rows(self.snapshot.take(kpos), drivers, now))
+                for i, k in zip(lookup, known):
+                    if k:
+                        results[i] = next(rows)
+            why = "not in the feature snapshot" if self.snapshot is not None else "no feature snapshot is loaded"
+            for i, k in zip(lookup, known):
+                if not k:
+                    results[i] = {**dict.fromkeys(SCORE_COLUMNS), "customer_id": items[i].customer_id,
+                                  "model_version": self.version,
+                                  "error": f"unknown customer_id ({why}); post its transactions to score it"}
+        for i, it in enumerate(items):
+            if results[i] is None:
+                try:
+                    results[i] = self._raw(it, now, with_reasons)
+                except InputError as exc:
+                    results[i] = {**dict.fromkeys(SCORE_COLUMNS), "customer_id": it.customer_id,
+                                  "model_version": self.version, "error": str(exc)}
+        return results
+
+    def record(self, results: list[dict], now: pd.Timestamp) -> int:
+        """Store the nudges among `results` in the contact log as sent now."""
+        if self.contact_log is None:
+            return 0
+        sent = pd.DataFrame([r for r in results if r.get("action") == "nudge"],
+                            columns=["customer_id", "action", "channel", "message", "priority", "model_version"])
+        return self.contact_log.record(sent, now, "http", self.config.channels) if len(sent) else 0

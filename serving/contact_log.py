@@ -1,0 +1,97 @@
+"""The contact log: a durable store of the nudges that were sent, so cooldowns and caps hold across runs and services.
+
+SQLite under ./mlruns/contacts.db by default; any SQLAlchemy URL (e.g. PostgreSQL) through KAIROS_CONTACT_DB.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+__all__ = ["ContactLog", "default_url"]
+
+_META = sa.MetaData()
+CONTACTS = sa.Table(
+    "contacts", _META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(128), nullable=False, index=True),
+    sa.Column("timestamp", sa.DateTime, nullable=False, index=True),
+    sa.Column("channel", sa.String(32)),
+    sa.Column("message", sa.String(64)),
+    sa.Column("priority", sa.Float),
+    sa.Column("cost", sa.Float),
+    sa.Column("model_version", sa.String(64)),
+    sa.Column("source", sa.String(32), nullable=False),
+)
+COLUMNS = ["customer_id", "timestamp", "channel", "message", "priority", "cost", "model_version", "source"]
+
+
+def default_url() -> str:
+    """KAIROS_CONTACT_DB, else sqlite:///<cwd>/mlruns/contacts.db."""
+    return os.environ.get("KAIROS_CONTACT_DB") or f"sqlite:///{Path.cwd() / 'mlruns' / 'contacts.db'}"
+
+
+class ContactLog:
+    """Record sent nudges and read them back by customer."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url or default_url()
+        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        args = {"connect_args": {"timeout": 30}} if self.url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(self.url, **args)
+        _META.create_all(self.engine)
+
+    def record(self, decisions: pd.DataFrame, sent_at: pd.Timestamp, source: str, costs: dict[str, float] | None = None,
+               replace_same_run: bool = False) -> int:
+        """Store the rows of `decisions` whose action is `nudge` as sent at `sent_at`; returns how many.
+
+        Args:
+            decisions: rows with customer_id, action, channel, message, priority and model_version.
+            sent_at: the contact time (naive UTC).
+            source: who sent them (e.g. "batch", "http").
+            costs: channel costs, stored with each contact.
+            replace_same_run: first delete this source's contacts at exactly `sent_at` (a re-run of one batch
+                replaces its own contacts, so re-runs are idempotent).
+        """
+        sent = decisions.loc[decisions["action"] == "nudge"]
+        when = pd.Timestamp(sent_at).floor("us").to_pydatetime()
+        rows = [{"customer_id": str(r.customer_id), "timestamp": when, "channel": r.channel, "message": r.message,
+                 "priority": float(r.priority), "cost": (costs or {}).get(r.channel),
+                 "model_version": str(getattr(r, "model_version", "") or ""), "source": source}
+                for r in sent.itertuples(index=False)]
+        with self.engine.begin() as conn:
+            if replace_same_run:
+                conn.execute(CONTACTS.delete().where((CONTACTS.c.source == source) & (CONTACTS.c.timestamp == when)))
+            if rows:
+                conn.execute(CONTACTS.insert(), rows)
+        return len(rows)
+
+    def history(self, customer_ids: list[str] | None = None, since: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Past contacts (COLUMNS) of `customer_ids` (None: everyone) at or after `since`, oldest first."""
+        q = sa.select(*[CONTACTS.c[c] for c in COLUMNS])
+        small = customer_ids is not None and len(customer_ids) <= 500
+        if small:
+            q = q.where(CONTACTS.c.customer_id.in_([str(c) for c in customer_ids]))
+        if since is not None:
+            q = q.where(CONTACTS.c.timestamp >= pd.Timestamp(since).floor("us").to_pydatetime())
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(CONTACTS.c.timestamp, CONTACTS.c.id)).fetchall()
+        df = pd.DataFrame(rows, columns=COLUMNS)
+        df["timestamp"] = pd.to_datetime(df["timestamp"]).astype("datetime64[ns]")
+        if customer_ids is not None and not small:
+            df = df.loc[df["customer_id"].isin(pd.Index(customer_ids).astype(str))].reset_index(drop=True)
+        return df
+
+    def recent(self, customer_ids: list[str], since: pd.Timestamp) -> list[tuple[str, pd.Timestamp]]:
+        """(customer_id, timestamp) of a few customers' contacts since `since`: the service's cheap look-up."""
+        q = sa.select(CONTACTS.c.customer_id, CONTACTS.c.timestamp).where(
+            CONTACTS.c.customer_id.in_(customer_ids), CONTACTS.c.timestamp >= pd.Timestamp(since).floor("us").to_pydatetime())
+        with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in conn.execute(q)]
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.engine.dispose()

@@ -1,0 +1,279 @@
+"""The next-best-action policy: pure functions on scores, one implementation for the HTTP service and the batch.
+
+`decide(scores, config, contact_history, now)` picks for each customer the (message, channel) with the highest
+priority = uplift x expected_value x response_decay^(unanswered nudges) - channel cost, where `uplift` is the
+configured prior of the message and channel (no uplift model yet; `reasons` says so), and holds customers for a
+documented reason: no message for the stage, too early after the first purchase, expected value below the minimum,
+cooldown, frequency cap, a nudge after the score was computed (a customer who did not react is re-scored before the
+next nudge), cost above the incremental value, or the batch budget (spent highest priority first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from features.errors import InputError
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "Message",
+    "PolicyConfig",
+    "contact_summary",
+    "decide",
+    "decide_arrays",
+    "load_policy",
+    "required_columns",
+    "resolve_timing",
+    "second_purchase_timing",
+]
+
+DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
+DAY_NS = 86_400 * 10**9
+PRIOR_NOTE = "configured prior, no uplift model yet"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One entry of the message catalogue: the moment, the stages it fits, a feature condition, uplift priors."""
+
+    name: str
+    moment: str
+    stages: tuple[str, ...]
+    uplift: dict[str, float]
+    feature: str | None = None
+    below: float | None = None
+    at_least: float | None = None
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The policy settings of policy.yaml (see that file for the meaning of each)."""
+
+    channels: dict[str, float]
+    messages: dict[str, Message]
+    new_customer_delay_days: float | None = None  # None: "auto", resolved from the data by resolve_timing
+    auto_quantile: float = 0.25
+    fallback_delay_days: float = 7.0
+    cooldown_days: float = 14.0
+    max_contacts: int = 3
+    cap_window_days: float = 90.0
+    response_decay: float = 0.5
+    min_expected_value: float = 0.0
+    budget: float | None = None
+    timing: dict = field(default_factory=dict)  # the data behind an "auto" delay, for reports
+
+    @property
+    def delay_days(self) -> float:
+        """The new-customer delay in force (the fallback while "auto" is unresolved)."""
+        return self.fallback_delay_days if self.new_customer_delay_days is None else self.new_customer_delay_days
+
+
+def load_policy(path: str | Path | None = None) -> PolicyConfig:
+    """Read a policy YAML file (default: serving/policy.yaml); InputError names the file and the bad key."""
+    path = Path(path or DEFAULT_POLICY)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not a readable policy file ({type(exc).__name__})") from None
+    try:
+        channels = {str(k): float(v) for k, v in raw["channels"].items()}
+        messages = {}
+        for name, m in raw["messages"].items():
+            when = m.get("when") or {}
+            unknown = set(m["uplift"]) - set(channels)
+            if unknown:
+                raise InputError(f"{path}: message {name} uses unknown channel(s) {', '.join(sorted(unknown))}")
+            messages[name] = Message(name, str(m.get("moment", name)), tuple(m["stages"]),
+                                     {c: float(u) for c, u in m["uplift"].items()}, when.get("feature"),
+                                     when.get("below"), when.get("at_least"))
+        timing, contacts = raw.get("timing") or {}, raw.get("contacts") or {}
+        delay = timing.get("new_customer_delay_days", "auto")
+        return PolicyConfig(
+            channels, messages, None if delay in (None, "auto") else float(delay),
+            float(timing.get("auto_quantile", 0.25)), float(timing.get("fallback_delay_days", 7)),
+            float(contacts.get("cooldown_days", 14)), int(contacts.get("max_contacts", 3)),
+            float(contacts.get("cap_window_days", 90)), float(contacts.get("response_decay", 0.5)),
+            float(raw.get("min_expected_value") or 0.0),
+            None if raw.get("budget") is None else float(raw["budget"]))
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path}: bad policy setting ({type(exc).__name__}: {exc})") from None
+
+
+def second_purchase_timing(features: pd.DataFrame, quantile: float = 0.25) -> dict:
+    """Share of second purchases by day 10/30/90 after the first, and the delay picked from it.
+
+    The delay is the `quantile` of the days from the first to the second purchase (clipped to 1-30 days): the
+    nudge comes before most second purchases happen on their own, and early when they come early (one retailer
+    saw 85% within 10 days, then the delay is about a day).
+    """
+    days = pd.to_numeric(features.get("days_first_to_second", pd.Series(dtype=float)), errors="coerce").dropna()
+    if days.empty:
+        return {"n_second_purchases": 0, "share_by_day": {}, "delay_days": None}
+    shares = {d: round(float((days <= d).mean()), 4) for d in (10, 30, 90)}
+    delay = float(np.clip(np.round(days.quantile(quantile)), 1, 30))
+    return {"n_second_purchases": len(days), "share_by_day": shares, "delay_days": delay}
+
+
+def resolve_timing(config: PolicyConfig, features: pd.DataFrame | None) -> PolicyConfig:
+    """Fix an "auto" new-customer delay from `features` (or the fallback when there are none)."""
+    if config.new_customer_delay_days is not None:
+        return config
+    timing = second_purchase_timing(features, config.auto_quantile) if features is not None else {}
+    delay = timing.get("delay_days") or config.fallback_delay_days
+    return replace(config, new_customer_delay_days=delay, timing=timing)
+
+
+def required_columns(config: PolicyConfig) -> list[str]:
+    """The score and feature columns that `decide` reads."""
+    base = ["customer_id", "as_of", "n_orders", "lifecycle_stage", "expected_value", "tenure_days", "recency_days"]
+    return base + sorted({m.feature for m in config.messages.values() if m.feature and m.feature not in base})
+
+
+def contact_summary(n: int, pos: np.ndarray, ts_ns: np.ndarray, last_purchase_ns: np.ndarray, now_ns: int,
+                    cap_window_days: float) -> dict[str, np.ndarray]:
+    """Per customer: last contact (ns, or min int), contacts within the cap window, nudges since the last purchase.
+
+    Args:
+        n: number of customers.
+        pos: row of each past contact's customer (-1: not among the customers).
+        ts_ns: time of each past contact in ns; only contacts strictly before `now_ns` count.
+        last_purchase_ns: last purchase of each customer (NaN: none).
+        now_ns: the decision time.
+        cap_window_days: the frequency-cap window.
+    """
+    ok = (pos >= 0) & (ts_ns < now_ns)
+    pos, ts_ns = pos[ok], ts_ns[ok]
+    last = np.full(n, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(last, pos, ts_ns)
+    in_window = np.bincount(pos[ts_ns >= now_ns - cap_window_days * DAY_NS], minlength=n)
+    lp = last_purchase_ns[pos]
+    unanswered = np.bincount(pos[~(lp >= ts_ns)], minlength=n)  # no purchase at or after the contact
+    return {"last_contact_ns": last, "contacts_in_window": in_window, "unanswered": unanswered}
+
+
+def _fmt_day(ns: int) -> str:
+    return str(np.datetime64(int(ns), "ns").astype("datetime64[D]"))
+
+
+def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: dict[str, np.ndarray] | None,
+                  now_ns: int) -> dict[str, np.ndarray | list]:
+    """The policy on column arrays (see `decide`); returns action, channel, message, priority and reasons."""
+    stage = np.asarray(cols["lifecycle_stage"], dtype=object)
+    n = len(stage)
+    ev = np.asarray(cols["expected_value"], dtype=float)
+    as_of_ns = np.asarray(cols["as_of"]).astype("datetime64[ns]").astype(np.int64)
+    contacts = contacts or {"last_contact_ns": np.full(n, np.iinfo(np.int64).min, np.int64),
+                            "contacts_in_window": np.zeros(n, np.int64), "unanswered": np.zeros(n, np.int64)}
+    decay = config.response_decay ** contacts["unanswered"]
+    pairs = [(m, ch, up) for m in config.messages.values() for ch, up in m.uplift.items()]
+    value = np.full((n, len(pairs)), -np.inf)
+    eligible: dict[str, np.ndarray] = {}
+    for m in config.messages.values():
+        ok = np.isin(stage, m.stages) if n > 8 else np.array([s in m.stages for s in stage], dtype=bool)
+        if m.feature:
+            f = np.asarray(cols[m.feature], dtype=float) if m.feature in cols else np.full(n, np.nan)
+            if m.below is not None:
+                ok &= f < m.below  # NaN (feature unknown): not eligible
+            if m.at_least is not None:
+                ok &= f >= m.at_least
+        eligible[m.name] = ok
+    base = ev * decay
+    for j, (m, ch, up) in enumerate(pairs):
+        ok = eligible[m.name]
+        value[:, j] = np.where(ok, up * base - config.channels[ch], -np.inf)
+    best = value.argmax(axis=1) if pairs else np.zeros(n, int)
+    priority = value[np.arange(n), best] if pairs else np.full(n, -np.inf)
+    has = np.isfinite(priority)
+    days_first = np.asarray(cols["tenure_days"], dtype=float) + (now_ns - as_of_ns) / DAY_NS
+    last = contacts["last_contact_ns"]
+    rules = [  # (hold mask, reason code), first match wins
+        (~has, "no_message"),
+        ((stage == "new") & ~(days_first >= config.delay_days), "too_early"),
+        (~(ev >= config.min_expected_value), "low_value"),
+        (last >= now_ns - config.cooldown_days * DAY_NS, "cooldown"),
+        (contacts["contacts_in_window"] >= config.max_contacts, "cap"),
+        (last > as_of_ns, "stale_score"),
+        (priority <= 0, "not_worth_it"),
+    ]
+    hold = np.full(n, "", dtype=object)
+    for mask, code in rules:
+        hold[(hold == "") & mask] = code
+    nudge = hold == ""
+    if config.budget is not None and nudge.any():
+        cost = np.array([config.channels[ch] for _, ch, _ in pairs])[best]
+        idx = np.flatnonzero(nudge)
+        order = idx[np.lexsort((np.asarray(cols["customer_id"], dtype=str)[idx], -priority[idx]))]
+        left = config.budget
+        for i in order:  # greedy, highest priority first: a nudge that does not fit is skipped
+            if cost[i] <= left + 1e-9:
+                left -= cost[i]
+            else:
+                hold[i] = "budget"
+        nudge = hold == ""
+    msg = np.array([m.name for m, _, _ in pairs] or [""], dtype=object)[best]
+    chan = np.array([ch for _, ch, _ in pairs] or [""], dtype=object)[best]
+    ups = np.array([up for _, _, up in pairs] or [0.0])[best]
+    reasons = [_reason(i, hold[i], stage[i], msg[i], chan[i], ups[i], ev[i], decay[i], priority[i], days_first[i],
+                       last[i], as_of_ns[i], contacts["contacts_in_window"][i], contacts["unanswered"][i], config)
+               for i in range(n)]
+    return {"action": np.where(nudge, "nudge", "hold").astype(object),
+            "channel": np.where(nudge, chan, None), "message": np.where(nudge, msg, None),
+            "priority": np.where(has, priority, np.nan), "reasons": reasons}
+
+
+def _reason(i, code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of_ns, in_window, unanswered,
+            config: PolicyConfig) -> str:
+    if code == "no_message":
+        return f"hold: no message in the catalogue fits stage {stage}"
+    if code == "too_early":
+        return f"hold: first purchase {days_first:.0f} days ago; new customers are eligible from day {config.delay_days:g}"
+    if code == "low_value":
+        return f"hold: expected value {ev:.2f} below the minimum {config.min_expected_value:g}"
+    if code == "stale_score":
+        return f"hold: nudged on {_fmt_day(last)} after this score (as of {_fmt_day(as_of_ns)}); re-score first"
+    if code == "cooldown":
+        return f"hold: last nudge on {_fmt_day(last)}, within the {config.cooldown_days:g}-day cooldown"
+    if code == "cap":
+        return f"hold: {in_window} nudges in {config.cap_window_days:g} days (cap {config.max_contacts})"
+    calc = (f"{msg} by {chan}: priority {prio:.2f} = uplift {up:.3f} ({PRIOR_NOTE}) x expected value {ev:.2f}"
+            + (f" x {decay:.2g} for {unanswered} unanswered nudge(s), re-scored since" if unanswered else "")
+            + f" - cost {config.channels[chan]:g}")
+    if code == "not_worth_it":
+        return f"hold: best option {calc}"
+    if code == "budget":
+        return f"hold: over the batch budget; best option {calc}"
+    return f"nudge: {calc}"
+
+
+def decide(scores: pd.DataFrame, config: PolicyConfig, contact_history: pd.DataFrame | None = None,
+           now: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Add action (nudge/hold), channel, message, priority and reasons to `scores`.
+
+    Args:
+        scores: one row per customer with the columns of `required_columns(config)` (features plus scores).
+        config: the policy; an "auto" delay falls back to `fallback_delay_days` unless resolved beforehand.
+        contact_history: past nudges (customer_id, timestamp); only those before `now` count.
+        now: the decision time (naive UTC); default: each row's as_of.
+
+    Returns:
+        A copy of `scores` with the five decision columns, in the same row order.
+    """
+    as_of = scores["as_of"].to_numpy().astype("datetime64[ns]")
+    now_ns = int(pd.Timestamp(now).value) if now is not None else int(as_of.astype(np.int64).max(initial=0))
+    cols = {c: scores[c].to_numpy() for c in required_columns(config) if c in scores.columns}
+    contacts = None
+    if contact_history is not None and len(contact_history):
+        pos = pd.Index(scores["customer_id"].astype(str)).get_indexer(contact_history["customer_id"].astype(str))
+        ts = pd.to_datetime(contact_history["timestamp"]).to_numpy().astype("datetime64[ns]").astype(np.int64)
+        last_purchase = as_of.astype(np.int64) - scores["recency_days"].to_numpy(dtype=float) * DAY_NS
+        contacts = contact_summary(len(scores), pos, ts, last_purchase, now_ns, config.cap_window_days)
+    out = scores.copy()
+    for key, val in decide_arrays(cols, config, contacts, now_ns).items():
+        out[key] = val
+    return out

@@ -1,0 +1,117 @@
+"""The Kairos BentoML service: `POST /score` and `POST /next_best_action` (DESIGN.md "HTTP contract").
+
+Configured by the environment (`python -m serving serve` sets it): KAIROS_MODEL_URI (default
+models:/kairos@champion), KAIROS_FEATURES (snapshot Parquet), KAIROS_POLICY (policy YAML), KAIROS_CONTACT_DB
+(SQLAlchemy URL of the contact log), KAIROS_API_KEY (when set, `Authorization: Bearer <key>` is required except on
+/healthz, /livez, /readyz, /metrics and the docs). The model is loaded once in `__init__`, so /readyz answers only
+after it is loaded. Logs name counts and ids only, never purchase histories.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from typing import Annotated
+
+import bentoml
+from prometheus_client import Counter
+from pydantic import Field
+
+from serving.api import MAX_CUSTOMERS, CustomerIn, Scorer
+
+__all__ = ["ApiKeyMiddleware", "Kairos"]
+
+log = logging.getLogger("bentoml.kairos")  # under BentoML's configured logger
+DECISIONS = Counter("kairos_decisions", "Decisions answered, by endpoint, action and channel",
+                    ["endpoint", "action", "channel"])
+CUSTOMERS = Counter("kairos_customers", "Customers in requests, by endpoint and path (snapshot, raw, unknown)",
+                    ["endpoint", "path"])
+OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/", "/static_content")
+
+Customers = Annotated[list[CustomerIn], Field(
+    description=f"customers to score (at most {MAX_CUSTOMERS}): by customer_id from the feature snapshot, or with "
+                "raw transactions/events scored on the fly", min_length=1, max_length=MAX_CUSTOMERS)]
+
+
+class ApiKeyMiddleware:
+    """ASGI middleware: when KAIROS_API_KEY is set, require `Authorization: Bearer <key>` (401 otherwise)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        key = os.environ.get("KAIROS_API_KEY")
+        path = scope.get("path", "")
+        if key and scope["type"] == "http" and not (path in OPEN_PATHS or path.startswith("/static_content")):
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(auth.encode(), f"Bearer {key}".encode()):
+                body = b'{"error": "missing or wrong API key: send Authorization: Bearer <key>"}'
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+@bentoml.service(workers=1, traffic={"timeout": 60})
+class Kairos:
+    """Next-best-action scoring: the champion model, the feature snapshot, the policy and the contact log."""
+
+    def __init__(self) -> None:
+        from serving.contact_log import ContactLog
+        from serving.policy import load_policy, required_columns, resolve_timing
+        from serving.scoring import load_model
+        from serving.snapshot import Snapshot
+
+        t0 = time.perf_counter()
+        model_uri = os.environ.get("KAIROS_MODEL_URI", "models:/kairos@champion")
+        model, version = load_model(model_uri)
+        config = load_policy(os.environ.get("KAIROS_POLICY"))
+        snapshot = None
+        if os.environ.get("KAIROS_FEATURES"):
+            snapshot = Snapshot.load(os.environ["KAIROS_FEATURES"], model, required_columns(config))
+        config = resolve_timing(config, snapshot.features if snapshot is not None else None)
+        self.scorer = Scorer(model, version, config, snapshot, ContactLog())
+        log.info("kairos ready: model version %s, %d customers in the snapshot, new customers eligible from day %g, "
+                 "loaded in %.1f s", version, len(snapshot) if snapshot is not None else 0, config.delay_days,
+                 time.perf_counter() - t0)
+
+    def _answer(self, endpoint: str, customers: list[CustomerIn], record: bool) -> dict:
+        import pandas as pd
+
+        now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+        results = self.scorer.score(customers, now=now)
+        for item, res in zip(customers, results):
+            path = "unknown" if "error" in res else ("snapshot" if item.transactions is None and item.events is None
+                                                     else "raw")
+            CUSTOMERS.labels(endpoint, path).inc()
+            if "error" not in res:
+                DECISIONS.labels(endpoint, res["action"], res["channel"] or "none").inc()
+        if record:
+            self.scorer.record(results, now)
+        return {"results": results, "model_version": self.scorer.version}
+
+    async def _run(self, endpoint: str, customers: list[CustomerIn], record: bool) -> dict:
+        # snapshot look-ups take well under a millisecond: answer them on the event loop; raw histories
+        # (build_features + model) and writes to the contact log go to a thread
+        if record or any(c.transactions is not None or c.events is not None for c in customers):
+            import anyio
+
+            return await anyio.to_thread.run_sync(self._answer, endpoint, customers, record)
+        return self._answer(endpoint, customers, record)
+
+    @bentoml.api
+    async def score(self, customers: Customers) -> dict:
+        """Scores and the next best action of each customer (nothing is recorded)."""
+        return await self._run("score", customers, record=False)
+
+    @bentoml.api
+    async def next_best_action(
+            self, customers: Customers,
+            record: Annotated[bool, Field(description="record the nudges as sent (contact log)")] = True) -> dict:
+        """The next best action of each customer; nudges are recorded in the contact log unless `record` is false."""
+        return await self._run("next_best_action", customers, record=record)
+
+
+Kairos.add_asgi_middleware(ApiKeyMiddleware)

@@ -1,0 +1,248 @@
+"""The HTTP service (in-process, no port) and the nightly batch, on one small model trained once per session."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kairos-prom-"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+from features.errors import InputError
+from features.pipeline import build_features
+from features.schema import parse_as_of
+from serving.scoring import SCORE_COLUMNS
+
+pytestmark = pytest.mark.slow
+AS_OF = "2025-12-31"
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A simulated world, a small registered champion in a temporary MLflow store, and its feature snapshot."""
+    import mlflow
+
+    from features.labels import training_frame
+    from features.simulate import simulate_world, write_world
+    from training.models import KairosModel
+    from training.pyfunc import log_kairos_model
+    from training.registry import configure, set_alias
+
+    d = tmp_path_factory.mktemp("serving")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
+    mp.setenv("KAIROS_CONTACT_DB", f"sqlite:///{d}/contacts.db")
+    mp.chdir(d)
+    w = simulate_world(n_customers=1200, seed=3)
+    paths = write_world(w, d / "data")
+    as_of = parse_as_of(AS_OF)
+    # the model is fitted directly (training.train.train adds a minute of backtest and BTYD baselines)
+    frame = training_frame(w.transactions, as_of, 90, 365, w.events, w.customers)
+    model = KairosModel({"n_estimators": 40, "num_leaves": 15}, value_form="tweedie").fit(frame)
+    feats = build_features(w.transactions, as_of, w.events, w.customers)
+    configure()
+    mlflow.set_experiment("test-serving")
+    with mlflow.start_run():
+        info = log_kairos_model(model, feats.loc[feats["n_orders"] > 0])
+    version = str(info.registered_model_version)
+    set_alias("champion", version)
+    feats.to_parquet(d / "features.parquet", index=False)
+    mp.setenv("KAIROS_MODEL_URI", "models:/kairos@champion")
+    mp.setenv("KAIROS_FEATURES", str(d / "features.parquet"))
+    yield SimpleNamespace(dir=d, paths=paths, world=w, model=model, version=version, features=feats, as_of=as_of)
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def client(world):
+    """The service app, built once per process (BentoML's ASGI app does not survive a second build)."""
+    from starlette.testclient import TestClient
+
+    from serving.service import Kairos
+
+    with TestClient(Kairos.to_asgi()) as c:
+        yield c
+
+
+def ids_where(world, cond) -> list[str]:
+    return world.features.loc[cond(world.features), "customer_id"].tolist()
+
+
+def test_score_by_id_answers_the_contract_shape(client, world):
+    ids = ids_where(world, lambda f: f["n_orders"] > 0)[:5]
+    r = client.post("/score", json={"customers": [{"customer_id": i} for i in ids]})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_version"] == world.version
+    assert [x["customer_id"] for x in body["results"]] == ids
+    for x in body["results"]:
+        assert list(x) == SCORE_COLUMNS
+        assert 0 <= x["p_purchase"] <= 1 and x["action"] in ("nudge", "hold") and x["reasons"]
+        assert x["model_version"] == world.version
+    many = [x for x in body["results"] if x["n_orders"] > 1]
+    assert all(x["p_second_purchase"] is None for x in many)  # NaN becomes null
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"customers": "x"}, "customers"),
+    ({"nope": []}, "customers"),
+    ({"customers": []}, "customers"),
+    ({"customers": [{"id": "A"}]}, "customer_id"),
+    ({"customers": [{"customer_id": 7}]}, "customer_id"),
+    ({"customers": [{"customer_id": "A", "transactions": [{"amount": "ten"}]}]}, "amount"),
+    ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": "2025-01-01", "amount": "ten"}]}]}, "amount"),
+    ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": "soon", "amount": 1}]}]}, "timestamp"),
+    ({"customers": [{"customer_id": str(i)} for i in range(1001)]}, "customers"),
+    ({"customers": [{"customer_id": "A", "transactions": [], "as_of": "yesterday-ish"}]}, "as_of"),
+])
+def test_bad_bodies_get_400_naming_the_field(client, body, field):
+    r = client.post("/score", json=body)
+    assert r.status_code == 400
+    assert field in r.text
+
+
+def test_malformed_json_gets_400(client):
+    r = client.post("/score", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+
+
+def test_unknown_customers_are_answered_per_item(client, world):
+    known = world.features["customer_id"].iloc[0]
+    r = client.post("/next_best_action", json={"customers": [{"customer_id": "NO-SUCH"}, {"customer_id": known}],
+                                               "record": False})
+    assert r.status_code == 200
+    unknown, ok = r.json()["results"]
+    assert "unknown customer_id" in unknown["error"] and unknown["p_purchase"] is None
+    assert "error" not in ok and ok["customer_id"] == known
+
+
+def test_by_id_and_raw_history_give_the_same_scores(client, world):
+    cid = ids_where(world, lambda f: f["n_orders"] >= 3)[0]
+    w = world.world
+    tx = w.transactions.loc[w.transactions["customer_id"] == cid].drop(columns="customer_id")
+    ev = w.events.loc[w.events["customer_id"] == cid].drop(columns="customer_id")
+    attrs = w.customers.loc[w.customers["customer_id"] == cid].drop(columns="customer_id").iloc[0]
+    item = {"customer_id": cid, "as_of": AS_OF,
+            "transactions": [{k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in row.items()
+                              if not (isinstance(v, float) and np.isnan(v))} for row in tx.to_dict("records")],
+            "events": [{"timestamp": t.isoformat(), "event": e, **({"value": v} if pd.notna(v) else {})}
+                       for t, e, v in zip(ev["timestamp"], ev["event"], ev["value"])],
+            "attributes": {k: (v.strftime("%Y-%m-%d") if isinstance(v, pd.Timestamp) else v) for k, v in attrs.items()}}
+    by_id, raw = client.post("/score", json={"customers": [{"customer_id": cid}, item]}).json()["results"]
+    assert "error" not in raw, raw.get("error")
+    for col in ("n_orders", "lifecycle_stage", "as_of", "action", "channel", "message"):
+        assert by_id[col] == raw[col], col
+    for col in ("p_purchase", "expected_value", "priority"):
+        assert by_id[col] == pytest.approx(raw[col], rel=1e-9), col
+    assert by_id["reasons"] == raw["reasons"]
+
+
+def test_raw_history_of_a_new_customer_is_scored_on_the_fly(client):
+    hist = [{"timestamp": "2025-06-01T10:00:00", "amount": 42.0}]
+    r = client.post("/score", json={"customers": [{"customer_id": "NEW-1", "transactions": hist}]})
+    assert r.status_code == 200
+    row = r.json()["results"][0]
+    assert row["n_orders"] == 1 and row["p_second_purchase"] is not None
+
+
+def test_next_best_action_records_the_nudge_and_the_cooldown_holds(client, world):
+    ids = ids_where(world, lambda f: f["lifecycle_stage"].isin(["loyal", "at_risk"]))[:200]
+    first = client.post("/next_best_action", json={"customers": [{"customer_id": i} for i in ids]}).json()["results"]
+    nudged = [x["customer_id"] for x in first if x["action"] == "nudge"]
+    assert nudged
+    again = client.post("/score", json={"customers": [{"customer_id": nudged[0]}]}).json()["results"][0]
+    assert again["action"] == "hold" and "cooldown" in again["reasons"]
+
+
+def test_api_key_is_required_when_configured(client, monkeypatch):
+    body = {"customers": [{"customer_id": "NO-SUCH"}]}
+    assert client.post("/score", json=body).status_code == 200  # no key configured
+    monkeypatch.setenv("KAIROS_API_KEY", "s3cret")
+    assert client.post("/score", json=body).status_code == 401
+    assert client.post("/score", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/score", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200
+
+
+def test_metrics_count_requests_and_decisions(client):
+    client.post("/score", json={"customers": [{"customer_id": "NO-SUCH"}]})
+    text = client.get("/metrics").text
+    assert "kairos_decisions_total" in text and 'kairos_customers_total{endpoint="score",path="unknown"}' in text
+    assert "HELP" in text
+
+
+def test_docs_are_served(client):
+    spec = client.get("/docs.json").json()
+    assert "/score" in spec["paths"] and "/next_best_action" in spec["paths"]
+
+
+# --- batch ---------------------------------------------------------------------------------------------------------
+
+def batch(world, out, **kw):
+    from serving.batch import BatchOptions, run_batch
+
+    p = world.paths
+    opts = {"transactions": str(p["transactions"]), "events": str(p["events"]), "customers": str(p["customers"]),
+            "as_of": AS_OF, "out": str(out), "log_mlflow": False}
+    return run_batch(BatchOptions(**{**opts, **kw}))
+
+
+def test_batch_writes_the_contract_columns_and_is_idempotent(world, tmp_path):
+    a = batch(world, tmp_path / "a.parquet", log_mlflow=True)
+    batch(world, tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    df = pd.read_parquet(tmp_path / "a.parquet")
+    assert list(df.columns) == SCORE_COLUMNS
+    assert len(df) == len(world.features) and df["customer_id"].is_unique
+    assert set(df["action"]) <= {"nudge", "hold"} and a["nudges"] == (df["action"] == "nudge").sum()
+    assert (df["model_version"] == world.version).all()
+    nudged = df.loc[df["action"] == "nudge", "reasons"]
+    assert nudged.str.contains("drivers: ").all() and nudged.str.contains("prior").all()
+
+
+def test_batch_budget_and_date_partitions(world, tmp_path):
+    s = batch(world, tmp_path, budget=20.0, partition_by_date=True, record=False)
+    out = tmp_path / f"as_of={AS_OF}" / "scores.parquet"
+    assert s["out"] == str(out) and out.exists()
+    assert s["cost"] <= 20.0 and s["nudges"] > 0
+
+
+def test_batch_bad_input_fails_before_the_model_and_writes_nothing(tmp_path):
+    from serving.__main__ import main
+
+    bad = tmp_path / "t.csv"
+    bad.write_text("customer_id,timestamp,amount\nA,2024-01-01,10\nB,2024-01-02,ten\n")
+    with pytest.raises(InputError, match="amount.*row 2"):
+        main(["batch", "--transactions", str(bad), "--as-of", AS_OF, "--out", str(tmp_path / "o.parquet"),
+              "--model-uri", "models:/does-not-exist/1"])
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_a_failed_write_leaves_no_file(world, tmp_path, monkeypatch):
+    def half_then_fail(self, path, **kw):
+        Path(path).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_then_fail)
+    with pytest.raises(OSError):
+        batch(world, tmp_path / "s.parquet", record=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_write_leaves_no_partial_file(tmp_path):
+    code = ("import os, signal, sys\nfrom features.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'PAR1 half')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.parquet")], check=False,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "s.parquet").exists()

@@ -1,0 +1,135 @@
+"""Training: the models, the registry flow against a temporary MLflow store, promotion, tuning, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.errors import InputError
+from features.labels import training_frame
+from features.pipeline import build_features
+from features.schema import parse_as_of
+from training.models import KairosModel
+
+pytestmark = pytest.mark.slow
+AS_OF = parse_as_of("2025-12-31")
+FAST = {"n_estimators": 60, "num_leaves": 7, "min_child_samples": 50}
+
+
+@pytest.fixture(scope="module")
+def world():
+    from features.simulate import simulate_world
+
+    return simulate_world(n_customers=2500, seed=11)
+
+
+@pytest.fixture(scope="module")
+def fitted(world):
+    frame = training_frame(world.transactions, AS_OF, 90, 180, world.events, world.customers, n_cutoffs=4,
+                           progress=lambda x, **k: x)
+    return KairosModel(FAST, horizon_days=90).fit(frame), frame
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_predictions_are_probabilities_one_row_per_input(world, fitted):
+    model, _ = fitted
+    feats = build_features(world.transactions, AS_OF, world.events, world.customers)
+    scores = model.predict(feats)
+    assert len(scores) == len(feats) and scores.index.equals(feats.index)
+    assert scores["p_purchase"].between(0, 1).all() and (scores["expected_value"] >= 0).all()
+    one = feats["n_orders"] == 1
+    assert scores.loc[one, "p_second_purchase"].notna().all() and scores.loc[~one, "p_second_purchase"].isna().all()
+    assert model.value_form_ in ("hurdle", "tweedie")
+
+
+def test_row_order_and_customer_id_do_not_change_a_score(world, fitted):
+    model, _ = fitted
+    feats = build_features(world.transactions, AS_OF, world.events, world.customers).head(300)
+    base = model.predict(feats)
+    shuffled = feats.sample(frac=1, random_state=1).assign(customer_id=lambda d: "X" + d["customer_id"])
+    pd.testing.assert_frame_equal(base, model.predict(shuffled).loc[base.index])
+
+
+def test_a_more_recent_purchase_does_not_lower_the_purchase_probability(world, fitted):
+    model, _ = fitted
+    feats = build_features(world.transactions, AS_OF, world.events, world.customers)
+    repeat = feats.loc[feats["n_orders"] >= 2].head(200)
+    recent = repeat.assign(recency_days=repeat["recency_days"] / 4, recency_over_gap=repeat["recency_over_gap"] / 4)
+    lifted = model.predict(recent)["p_purchase"].mean() - model.predict(repeat)["p_purchase"].mean()
+    assert lifted > 0
+
+
+def test_backtest_beats_chance_and_reports_the_baselines(world):
+    from training.backtest import run_backtest
+
+    bt = run_backtest(world.transactions, AS_OF, 90, 180, world.events, world.customers, FAST, n_cutoffs=4,
+                      progress=lambda x, **k: x)
+    for name in ("kairos", "bgnbd", "paretonbd", "rfm"):
+        assert bt.metrics[f"{name}.auc"] > 0.6, name
+        assert f"new.{name}.auc" in bt.metrics
+    assert bt.cutoff + pd.Timedelta(days=180) == AS_OF
+    assert 0.5 < bt.metrics["kairos.pred_actual_ratio"] < 2
+
+
+def test_train_registers_challenger_and_first_champion_then_promotion_gates(world, store, capsys):
+    from training.promote import promote
+    from training.pyfunc import load_kairos_model
+    from training.registry import alias_version
+    from training.train import Inputs, train
+
+    inputs = Inputs(world.transactions, world.events, world.customers)
+    first = train(inputs, AS_OF, 90, 180, experiment="t", params=FAST)
+    assert {"run_id", "model_uri", "registered_version", "metrics"} <= set(first)
+    assert json.loads(json.dumps(first, default=str))["metrics"]["kairos.auc"] > 0.6
+    assert alias_version("champion") == first["registered_version"] == alias_version("challenger")
+    second = train(inputs, AS_OF, 90, 180, experiment="t", params={**FAST, "n_estimators": 2, "learning_rate": 0.001})
+    assert alias_version("challenger") == second["registered_version"] and alias_version("champion") == "1"
+    gated = promote(version=second["registered_version"])      # a near-constant model is worse: the gate holds
+    assert not gated["promoted"] and alias_version("champion") == "1"
+    assert gated["comparison"]["champion.auc"] > gated["comparison"]["candidate.auc"]
+    assert promote(version=second["registered_version"], force=True)["promoted"]
+    assert alias_version("champion") == second["registered_version"]
+    import mlflow
+
+    feats = build_features(world.transactions, AS_OF, world.events, world.customers).head(7)
+    out = mlflow.pyfunc.load_model(first["model_uri"]).predict(feats)
+    assert len(out) == 7 and {"p_purchase", "p_second_purchase", "expected_value", "reasons"} <= set(out.columns)
+    assert isinstance(load_kairos_model("models:/kairos@champion"), KairosModel)
+    run = mlflow.get_run(first["run_id"])
+    assert {"data_hash", "data_rows", "data_customers", "git_commit"} <= set(run.data.tags)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "backtest")}
+    assert {"backtest/backtest_report.html", "backtest/reliability.png", "backtest/shap_summary.png"} <= artifacts
+
+
+def test_tune_stores_best_params_that_the_next_train_uses(world, store):
+    from training.train import Inputs, best_tuned_params
+    from training.tune import tune
+
+    result = tune(Inputs(world.transactions, world.events, world.customers), AS_OF, 90, 180, experiment="t", trials=2)
+    assert best_tuned_params("t") == result["best_params"]
+
+
+def test_too_few_customers_is_a_clear_error(store):
+    from training.train import Inputs, train
+
+    tx = pd.DataFrame({"customer_id": ["A", "A", "B"], "amount": [10.0, 12.0, 7.0],
+                       "timestamp": pd.to_datetime(["2024-01-01", "2024-02-01", "2024-01-05"])})
+    with pytest.raises(InputError, match="only 2 customers"):
+        train(Inputs(tx), parse_as_of("2024-03-01"))
+
+
+def test_no_positives_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"customer_id": [f"C{i}" for i in range(400)], "n_orders": rng.integers(1, 4, 400).astype(float),
+                          "tenure_days": 100.0, "recency_days": 10.0, "as_of": pd.Timestamp("2024-01-01"),
+                          "y_purchase": 0, "y_value": 0.0})
+    with pytest.raises(InputError, match="no positives"):
+        KairosModel(FAST).fit(frame)
