@@ -1,4 +1,4 @@
-# Kairos: every target works from a fresh clone; `make setup` is a prerequisite of the others.
+# Kairos: every target works from a fresh clone; each depends on `setup`, which builds ./.venv once.
 PYTHON_BASE ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,12 +10,22 @@ export BENTOML_HOME ?= $(CURDIR)/.venv/bentoml
 DEMO := demo
 DEMO_CUSTOMERS ?= 50000
 AS_OF ?= 2025-12-31
+HORIZON ?= 90
+VALUE_HORIZON ?= 365
+TRIALS ?= 20
+EXPERIMENT ?= kairos
 DATA ?= $(DEMO)
 TX ?= $(DATA)/transactions.parquet
 EV ?= $(DATA)/events.parquet
 CU ?= $(DATA)/customers.parquet
+SCORES ?= $(DATA)/scores.parquet
+# optional inputs are passed only when their file exists
+OPT = $$([ -f $(EV) ] && echo --events $(EV)) $$([ -f $(CU) ] && echo --customers $(CU))
+TRAIN_ARGS = --transactions $(TX) $(OPT) --as-of $(AS_OF) --horizon-days $(HORIZON) \
+	--value-horizon-days $(VALUE_HORIZON) --experiment $(EXPERIMENT)
 
-.PHONY: setup test demo simulate features lint format clean
+.PHONY: setup test demo simulate features train tune evaluate promote mlflow-ui aha serve batch-score bench \
+	lint format clean
 
 setup: $(STAMP)
 
@@ -34,30 +44,53 @@ $(DEMO)/transactions.parquet: | setup
 simulate: $(DEMO)/transactions.parquet
 
 features: setup
-	$(PY) -m features build --transactions $(TX) --events $(EV) --customers $(CU) --as-of $(AS_OF) --out $(DATA)/features.parquet
+	$(PY) -m features build --transactions $(TX) $(OPT) --as-of $(AS_OF) --out $(DATA)/features.parquet
 
-demo: simulate
-	$(MAKE) --no-print-directory features DATA=$(DEMO)
-	$(PY) -m features summary --features $(DEMO)/features.parquet
+train: setup
+	$(PY) -m training train $(TRAIN_ARGS) | tee $(DATA)/train.json | tail -c 400; echo
 
-lint: setup
-	$(PY) -m ruff check features training serving tests
+tune: setup
+	$(PY) -m training tune $(TRAIN_ARGS) --trials $(TRIALS)
 
-format: setup
-	$(PY) -m ruff format features training serving tests
+evaluate: setup
+	$(PY) -m training evaluate $(TRAIN_ARGS) --out $(DATA)/backtest
 
-clean:
-	rm -rf $(DEMO) .pytest_cache
+# promote the newest version (VERSION=n to choose); the gate compares it with the champion
+promote: setup
+	$(PY) -m training promote --version $${VERSION:-$$($(PY) -c 'import json; print(json.loads(open("$(DATA)/train.json").read().splitlines()[-1])["registered_version"])')}
+
+mlflow-ui: setup
+	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
 
 aha: setup
 	$(PY) -m features aha --transactions $(TX) --events $(EV) --as-of $(AS_OF) --out $(DATA)/aha
-
-# --- serving (issue 4) ---
-.PHONY: serve batch-score
-SCORES ?= $(DATA)/scores.parquet
 
 serve: setup
 	$(PY) -m serving serve --features $(DATA)/features.parquet
 
 batch-score: setup
-	$(PY) -m serving batch --transactions $(TX) --events $(EV) --customers $(CU) --as-of $(AS_OF) --out $(SCORES)
+	$(PY) -m serving batch --transactions $(TX) $(OPT) --as-of $(AS_OF) --out $(SCORES) \
+		--features-out $(DATA)/features.parquet
+
+# the demo: simulate, train and register, promote, Aha moments, score everyone, show whom to nudge
+demo: simulate
+	$(MAKE) --no-print-directory train DATA=$(DEMO)
+	$(MAKE) --no-print-directory promote DATA=$(DEMO)
+	$(MAKE) --no-print-directory aha DATA=$(DEMO)
+	$(MAKE) --no-print-directory batch-score DATA=$(DEMO)
+	$(PY) -m features summary --features $(DEMO)/features.parquet
+	$(PY) -m serving top --scores $(SCORES) --n 10
+
+bench: setup
+	$(PY) bench/bench_features.py --customers 100000 1000000
+	$(PY) bench/bench_aha.py
+	$(PY) bench/bench_serving.py
+
+lint: setup
+	$(PY) -m ruff check features training serving tests bench
+
+format: setup
+	$(PY) -m ruff format features training serving tests bench
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,4 +1,4 @@
-"""Command line of the serving stage: `python -m serving batch|serve ...`."""
+"""Command line of the serving stage: `python -m serving batch|serve|top ...`."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model-uri", default=DEFAULT_MODEL)
     s.add_argument("--features", help="feature snapshot answering requests by customer_id (features build output)")
     s.add_argument("--policy", help="policy YAML (default: serving/policy.yaml)")
+    t = sub.add_parser("top", help="print the customers to nudge first from a scores file")
+    t.add_argument("--scores", required=True)
+    t.add_argument("--n", type=int, default=10)
     return p
 
 
@@ -79,12 +82,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _top(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from features.io import read_table
+
+    scores = read_table(args.scores)
+    nudge = scores.loc[scores["action"] == "nudge"].sort_values("priority", ascending=False)
+    print(f"{len(nudge):,} of {len(scores):,} customers to nudge as of {scores['as_of'].iloc[0]}; "
+          f"decisions: {scores['action'].value_counts().to_dict()}")
+    cols = ["customer_id", "lifecycle_stage", "p_purchase", "expected_value", "channel", "message", "priority"]
+    with pd.option_context("display.width", 160, "display.max_colwidth", 40):
+        print(nudge[cols].head(args.n).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one command."""
     args = _parser().parse_args(argv)
     if getattr(args, "port", 1) is not None and not 0 < getattr(args, "port", 1) < 65536:
         raise InputError(f"--port {args.port}: not a TCP port")
-    return {"batch": _batch, "serve": _serve}[args.command](args)
+    return {"batch": _batch, "serve": _serve, "top": _top}[args.command](args)
 
 
 if __name__ == "__main__":
