@@ -28,8 +28,8 @@ MIN_CUSTOMERS = 50
 # Strongly regularised by default: rolling cutoffs of short histories differ from the scoring cutoff (shorter
 # tenure, other season), and small trees on half the features generalise across that shift best on Online Retail.
 DEFAULT_PARAMS: dict = {
-    "n_estimators": 1000, "learning_rate": 0.03, "num_leaves": 7, "min_child_samples": 200,
-    "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.5, "reg_lambda": 1.0,
+    "n_estimators": 800, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 200,
+    "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.5, "reg_lambda": 1.0, "max_bin": 127,
 }
 
 
@@ -66,11 +66,15 @@ BTYD_DOCS = {
 }
 
 
-def fit_bgnbd(features: pd.DataFrame) -> dict[str, float]:
-    """BG/NBD parameters fitted on the buyers of one cutoff's features (days as the time unit)."""
+def fit_bgnbd(features: pd.DataFrame, max_customers: int = 20_000) -> dict[str, float]:
+    """BG/NBD parameters fitted on the buyers of one cutoff's features (whole days as the time unit), on a
+    hash-drawn sample of at most `max_customers` (four population parameters need no more)."""
     buyers = features.loc[features["n_orders"] > 0]
+    if len(buyers) > max_customers:
+        h = pd.util.hash_pandas_object(buyers["customer_id"], index=False).to_numpy()
+        buyers = buyers.iloc[np.argsort(h, kind="stable")[:max_customers]]
     x, tx, tenure = _frequency_recency_T(buyers)
-    return BetaGeoFitter(penalizer_coef=0.001).fit(x, tx, tenure).params_
+    return BetaGeoFitter(penalizer_coef=0.001).fit(x, np.round(tx), np.round(tenure)).params_
 
 
 def _frequency_recency_T(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -198,9 +202,12 @@ class KairosModel:
         if one.any():
             model = self.second_ or self.purchase_
             second[one] = model.predict_proba(X[one])[:, 1]
-        return pd.DataFrame({"p_purchase": p, "p_second_purchase": second,
-                             "expected_value": np.clip(self._value_predict(self.value_, X), 0, None)},
-                            index=features.index)
+        scores = pd.DataFrame({"p_purchase": p, "p_second_purchase": second,
+                               "expected_value": np.clip(self._value_predict(self.value_, X), 0, None)},
+                              index=features.index)
+        if getattr(self, "uplift_", None) is not None:  # learned from randomised nudges (training.uplift)
+            scores["uplift"] = self.uplift_.predict(features)
+        return scores
 
     def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix of feature rows: BG/NBD columns from the newest parameters, then the spec."""
