@@ -32,7 +32,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,spark]"
 	touch $(STAMP)
 
 test: setup
@@ -94,3 +94,17 @@ format: setup
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
+
+# --- uplift (issue 6): the Hillstrom e-mail experiment, adapted into $(DATA)/hillstrom on first use ---
+.PHONY: uplift
+HILLSTROM_SRC ?= ../shared/data/hillstrom
+HILLSTROM := $(DATA)/hillstrom
+RESPONSE_DAYS ?= 14
+
+$(HILLSTROM)/customers.parquet: | setup
+	$(PY) -m features adapt --source hillstrom --input $(HILLSTROM_SRC) --out $(HILLSTROM)
+
+uplift: setup $(HILLSTROM)/customers.parquet
+	$(PY) -m training uplift --customers $(HILLSTROM)/customers.parquet --nudges $(HILLSTROM)/nudges.parquet \
+		--transactions $(HILLSTROM)/transactions.parquet --response-days $(RESPONSE_DAYS) \
+		--score-customers $(HILLSTROM)/customers.parquet --out $(HILLSTROM)/uplift

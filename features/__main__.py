@@ -20,8 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--customers")
     b.add_argument("--as-of", required=True)
     b.add_argument("--out", required=True)
-    b.add_argument("--engine", choices=["pandas"], default="pandas",
-                   help="computation engine (spark: not in this build)")
+    b.add_argument("--engine", choices=["pandas", "spark"], default="pandas",
+                   help="pandas (one process) or spark (the same feature function per customer partition)")
+    b.add_argument("--spark-master", default="local[*]", help="Spark master URL (--engine spark)")
+    b.add_argument("--partitions", type=int, help="customer hash partitions (--engine spark; default 4 x cores)")
     h = sub.add_parser("aha", help="Aha-moment / KPA discovery: rules, grid, earn table and an HTML report")
     h.add_argument("--transactions", required=True)
     h.add_argument("--events", help="events file (required: the behaviours to test)")
@@ -52,6 +54,17 @@ def _build(args: argparse.Namespace) -> int:
 
     as_of = parse_as_of(args.as_of)
     t0 = time.perf_counter()
+    if args.engine == "spark":
+        from features.spark_engine import run_build
+
+        if args.partitions is not None and args.partitions < 1:
+            raise InputError(f"--partitions {args.partitions}: must be at least 1")
+        print(f"building features as of {as_of} on Spark ({args.spark_master})", file=sys.stderr)
+        done = run_build(args.transactions, as_of, args.out, args.events, args.customers, args.spark_master,
+                         args.partitions)
+        print(f"wrote {done['customers']:,} customers x {done['features']} features to {done['out']} "
+              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return 0
     print(f"loading inputs as of {as_of}", file=sys.stderr)
     tx = load("transactions", args.transactions)
     ev = load("events", args.events)

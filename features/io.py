@@ -11,7 +11,7 @@ import pandas as pd
 
 from features.errors import InputError
 
-__all__ = ["read_table", "write_parquet", "write_csv", "atomic_path"]
+__all__ = ["atomic_path", "read_table", "write_csv", "write_parquet"]
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 
@@ -28,7 +28,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise InputError(f"{p}: empty file" if not p.is_dir() else f"{p}: is a directory, expected a file")
     name = p.name.lower()
     try:
-        if name.endswith(".parquet") or name.endswith(".pq"):
+        if name.endswith((".parquet", ".pq")):
             df = pd.read_parquet(p)
         elif name.endswith(_CSV_SUFFIXES):
             df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""],
@@ -39,7 +39,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise
     except pd.errors.EmptyDataError:
         raise InputError(f"{p}: empty file (no header, no rows)") from None
-    except Exception as exc:  # parser and Arrow errors come in many types
+    except Exception as exc:  # noqa: BLE001 - parser and Arrow errors come in many types
         kind = "Parquet" if name.endswith((".parquet", ".pq")) else "CSV"
         raise InputError(f"{p}: not a readable {kind} file ({type(exc).__name__}: {str(exc)[:120]})") from None
     if df.empty:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from features.errors import InputError
 from features.pipeline import FeatureParams, build_features, order_table
 
-__all__ = ["value_column", "build_labels", "rolling_cutoffs", "training_frame"]
+__all__ = ["build_labels", "rolling_cutoffs", "training_frame", "value_column"]
 
 
 def value_column(transactions: pd.DataFrame) -> str:
@@ -62,7 +62,7 @@ def rolling_cutoffs(transactions: pd.DataFrame, as_of: pd.Timestamp, label_days:
 
 def training_frame(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, value_horizon_days: int,
                    events: pd.DataFrame | None = None, customers: pd.DataFrame | None = None,
-                   n_cutoffs: int = 12, step_days: int = 14, params: FeatureParams = FeatureParams(),
+                   n_cutoffs: int = 12, step_days: int = 14, params: FeatureParams | None = None,
                    progress: Callable = tqdm) -> pd.DataFrame:
     """Stack features and labels over rolling cutoffs; no label window crosses `as_of`.
 
@@ -76,7 +76,7 @@ def training_frame(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days
                          f"{label_days}-day label window plus 30 days of history; use an earlier horizon or later --as-of")
     frames = []
     for cutoff in progress(cutoffs, desc="features x cutoffs", unit="cutoff", leave=False):
-        feats = build_features(transactions, cutoff, events, customers, params)
+        feats = build_features(transactions, cutoff, events, customers, params or FeatureParams())
         labels = build_labels(transactions, cutoff, feats["customer_id"].to_numpy(dtype=str),
                               horizon_days, value_horizon_days)
         frames.append(pd.concat([feats, labels.drop(columns="customer_id")], axis=1))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["StageRules", "STAGES", "lifecycle_stage"]
+__all__ = ["STAGES", "StageRules", "lifecycle_stage"]
 
 STAGES: tuple[str, ...] = ("prospect", "new", "repeat", "loyal", "at_risk", "lapsed")
 

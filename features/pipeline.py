@@ -7,7 +7,8 @@ customer partition. Inputs are canonical frames (see `features.schema.validate`)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ class FeatureParams:
     """Fixed (not data-derived) parameters of the features, so that partitions agree."""
 
     high_margin_rate: float = 0.4
-    stage_rules: StageRules = StageRules()
+    stage_rules: StageRules = field(default_factory=StageRules)
 
 
 def _ns(ts: pd.Series) -> np.ndarray:
@@ -53,7 +54,7 @@ def customer_codes(*id_columns: pd.Series) -> tuple[np.ndarray, list[np.ndarray]
     lengths = np.cumsum([0, *(len(c) for c in id_columns)])
     codes, ids = pd.factorize(pd.concat([c.astype("str") for c in id_columns], ignore_index=True), sort=True)
     codes = codes.astype(np.int64)
-    return np.asarray(ids, dtype=object), [codes[a:b] for a, b in zip(lengths[:-1], lengths[1:])]
+    return np.asarray(ids, dtype=object), [codes[a:b] for a, b in pairwise(lengths)]
 
 
 def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataFrame | None = None,
@@ -166,7 +167,8 @@ def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
     out["n_return_orders"] = np.bincount(oc[ret], minlength=n)
     returned = -np.bincount(oc[ret], orders["amount"].to_numpy()[ret], n) + 0.0
     out["return_share"] = _ratio(returned, np.bincount(c, amt, n))
-    out["_first_order"] = np.where(first >= 0, buy.index.to_numpy()[np.maximum(first, 0)], -1)
+    first_idx = buy.index.to_numpy()
+    out["_first_order"] = np.where(first >= 0, first_idx[np.maximum(first, 0)], -1) if len(first_idx) else first
     out["_first_ts"] = _take(ts.astype(float), first)
     return out
 
@@ -184,7 +186,7 @@ def _first_order_and_kpa(tx: pd.DataFrame, cust: np.ndarray, orders: pd.DataFram
     fo = np.maximum(first_order, 0)
 
     def first(col: str) -> np.ndarray:
-        return np.where(has, orders[col].to_numpy(dtype=float)[fo], np.nan)
+        return _take(orders[col].to_numpy(dtype=float), first_order)  # NaN without a first order (or any order)
 
     buy_line = orders["amount"].to_numpy()[line_order] > 0
     amount = tx["amount"].to_numpy(dtype=float)
@@ -218,7 +220,7 @@ def _first_order_and_kpa(tx: pd.DataFrame, cust: np.ndarray, orders: pd.DataFram
         oc = orders["cust"].to_numpy()
         out["app_order_share"] = _ratio(np.bincount(oc[buy & (ch == "app")], minlength=n), np.bincount(oc[buy], minlength=n))
         out["n_channels"] = _distinct_per_customer(bc, tx["channel"][buy_line], n)
-        out["first_order_channel"] = np.where(has, ch[fo], None)
+        out["first_order_channel"] = np.where(has, ch[fo], None) if len(ch) else np.full(n, None, dtype=object)
     else:
         out["app_order_share"] = out["n_channels"] = nan
         out["first_order_channel"] = np.full(n, None, dtype=object)

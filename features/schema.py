@@ -16,7 +16,7 @@ import pandas as pd
 from features.errors import InputError
 from features.io import read_table
 
-__all__ = ["Schema", "SCHEMAS", "validate", "load", "parse_as_of"]
+__all__ = ["SCHEMAS", "Schema", "load", "parse_as_of", "validate"]
 
 ID, TIME, FLOAT, TEXT, BOOL = "id", "time", "float", "text", "bool"
 

@@ -1,7 +1,7 @@
 """The feature specification: every feature built by `features.pipeline.build_features`, documented."""
 from __future__ import annotations
 
-__all__ = ["EVENT_TYPES", "WINDOWS", "FEATURE_DOCS", "CATEGORICAL", "ID_COLUMNS"]
+__all__ = ["CATEGORICAL", "EVENT_TYPES", "FEATURE_DOCS", "ID_COLUMNS", "WINDOWS"]
 
 EVENT_TYPES: tuple[str, ...] = (
     "app_session", "feedback", "survey", "newsletter_optin", "email_open",

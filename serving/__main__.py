@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-record", dest="record", action="store_false",
                    help="do not record the nudges in the contact log")
     b.add_argument("--features-out", help="also write the features (the snapshot for `serve --features`)")
-    b.add_argument("--engine", choices=["pandas"], default="pandas", help="computation engine (spark: issue 7)")
+    b.add_argument("--engine", choices=["pandas", "spark"], default="pandas",
+                   help="pandas (one process) or spark (features and scores per customer partition, same output)")
+    b.add_argument("--spark-master", default="local[*]", help="Spark master URL (--engine spark)")
+    b.add_argument("--partitions", type=int, help="customer hash partitions (--engine spark; default 4 x cores)")
     s = sub.add_parser("serve", help="start the BentoML HTTP service in the foreground")
     s.add_argument("--port", type=int, default=3000)
     s.add_argument("--host", default="127.0.0.1")
@@ -48,8 +51,15 @@ def _parser() -> argparse.ArgumentParser:
 def _batch(args: argparse.Namespace) -> int:
     from serving.batch import BatchOptions, run_batch
 
-    opts = {k: v for k, v in vars(args).items() if k not in ("command", "engine")}
-    summary = run_batch(BatchOptions(**opts))
+    opts = {k: v for k, v in vars(args).items() if k not in ("command", "engine", "spark_master", "partitions")}
+    if args.engine == "spark":
+        from serving.spark_batch import run_batch_spark
+
+        if args.partitions is not None and args.partitions < 1:
+            raise InputError(f"--partitions {args.partitions}: must be at least 1")
+        summary = run_batch_spark(BatchOptions(**opts), args.spark_master, args.partitions)
+    else:
+        summary = run_batch(BatchOptions(**opts))
     print(json.dumps(summary, default=str))
     return 0
 

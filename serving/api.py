@@ -142,7 +142,8 @@ class Scorer:
             feats = build_features(tx, as_of, ev, pd.DataFrame({"customer_id": [cid]}))
         scores = self.model.predict(feats)
         cols = {c: feats[c].to_numpy() for c in self.columns if c in feats.columns}
-        cols.update({c: scores[c].to_numpy(dtype=float) for c in ("p_purchase", "p_second_purchase", "expected_value")})
+        cols.update({c: scores[c].to_numpy(dtype=float)
+                     for c in ("p_purchase", "p_second_purchase", "expected_value", "uplift") if c in scores.columns})
         cols["as_of"] = feats["as_of"].to_numpy().astype("datetime64[ns]")
         drivers = None
         if with_reasons:

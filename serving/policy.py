@@ -2,7 +2,9 @@
 
 `decide(scores, config, contact_history, now)` picks for each customer the (message, channel) with the highest
 priority = uplift x expected_value x response_decay^(unanswered nudges) - channel cost, where `uplift` is the
-configured prior of the message and channel (no uplift model yet; `reasons` says so), and holds customers for a
+configured prior of the message and channel (no uplift model yet; `reasons` says so) or, when the scores carry an
+`uplift` column (a model learned from randomised nudges, `python -m training train --nudges`), the customer's learned
+uplift for every eligible message and channel (`reasons` says "learned uplift"); it holds customers for a
 documented reason: no message for the stage, too early after the first purchase, expected value below the minimum,
 cooldown, frequency cap, a nudge after the score was computed (a customer who did not react is re-scored before the
 next nudge), cost above the incremental value, or the batch budget (spent highest priority first).
@@ -34,6 +36,7 @@ __all__ = [
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 DAY_NS = 86_400 * 10**9
 PRIOR_NOTE = "configured prior, no uplift model yet"
+LEARNED_NOTE = "learned uplift"
 
 
 @dataclass(frozen=True)
@@ -184,9 +187,11 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
                 ok &= f >= m.at_least
         eligible[m.name] = ok
     base = ev * decay
+    learned = np.asarray(cols["uplift"], dtype=float) if "uplift" in cols else np.full(n, np.nan)
+    has_learned = np.isfinite(learned)
     for j, (m, ch, up) in enumerate(pairs):
         ok = eligible[m.name]
-        value[:, j] = np.where(ok, up * base - config.channels[ch], -np.inf)
+        value[:, j] = np.where(ok, np.where(has_learned, learned, up) * base - config.channels[ch], -np.inf)
     best = value.argmax(axis=1) if pairs else np.zeros(n, int)
     priority = value[np.arange(n), best] if pairs else np.full(n, -np.inf)
     has = np.isfinite(priority)
@@ -218,9 +223,10 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
         nudge = hold == ""
     msg = np.array([m.name for m, _, _ in pairs] or [""], dtype=object)[best]
     chan = np.array([ch for _, ch, _ in pairs] or [""], dtype=object)[best]
-    ups = np.array([up for _, _, up in pairs] or [0.0])[best]
+    ups = np.where(has_learned, learned, np.array([up for _, _, up in pairs] or [0.0])[best])
     reasons = [_reason(i, hold[i], stage[i], msg[i], chan[i], ups[i], ev[i], decay[i], priority[i], days_first[i],
-                       last[i], as_of_ns[i], contacts["contacts_in_window"][i], contacts["unanswered"][i], config)
+                       last[i], as_of_ns[i], contacts["contacts_in_window"][i], contacts["unanswered"][i], config,
+                       LEARNED_NOTE if has_learned[i] else PRIOR_NOTE)
                for i in range(n)]
     return {"action": np.where(nudge, "nudge", "hold").astype(object),
             "channel": np.where(nudge, chan, None), "message": np.where(nudge, msg, None),
@@ -228,7 +234,7 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
 
 
 def _reason(i, code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of_ns, in_window, unanswered,
-            config: PolicyConfig) -> str:
+            config: PolicyConfig, note: str = PRIOR_NOTE) -> str:
     if code == "no_message":
         return f"hold: no message in the catalogue fits stage {stage}"
     if code == "too_early":
@@ -241,7 +247,7 @@ def _reason(i, code, stage, msg, chan, up, ev, decay, prio, days_first, last, as
         return f"hold: last nudge on {_fmt_day(last)}, within the {config.cooldown_days:g}-day cooldown"
     if code == "cap":
         return f"hold: {in_window} nudges in {config.cap_window_days:g} days (cap {config.max_contacts})"
-    calc = (f"{msg} by {chan}: priority {prio:.2f} = uplift {up:.3f} ({PRIOR_NOTE}) x expected value {ev:.2f}"
+    calc = (f"{msg} by {chan}: priority {prio:.2f} = uplift {up:.3f} ({note}) x expected value {ev:.2f}"
             + (f" x {decay:.2g} for {unanswered} unanswered nudge(s), re-scored since" if unanswered else "")
             + f" - cost {config.channels[chan]:g}")
     if code == "not_worth_it":
@@ -266,7 +272,7 @@ def decide(scores: pd.DataFrame, config: PolicyConfig, contact_history: pd.DataF
     """
     as_of = scores["as_of"].to_numpy().astype("datetime64[ns]")
     now_ns = int(pd.Timestamp(now).value) if now is not None else int(as_of.astype(np.int64).max(initial=0))
-    cols = {c: scores[c].to_numpy() for c in required_columns(config) if c in scores.columns}
+    cols = {c: scores[c].to_numpy() for c in [*required_columns(config), "uplift"] if c in scores.columns}
     contacts = None
     if contact_history is not None and len(contact_history):
         pos = pd.Index(scores["customer_id"].astype(str)).get_indexer(contact_history["customer_id"].astype(str))

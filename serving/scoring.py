@@ -76,6 +76,8 @@ def score_features(model, features: pd.DataFrame, config: PolicyConfig, history:
     now_ns = int(pd.Timestamp(now).value) if now is not None else int(as_of.astype(np.int64).max(initial=0))
     cols = {c: features[c].to_numpy() for c in required_columns(config) if c in features.columns}
     cols["expected_value"] = scores["expected_value"].to_numpy()
+    if "uplift" in scores.columns:  # learned uplift bundled with the model
+        cols["uplift"] = scores["uplift"].to_numpy(dtype=float)
     dec = decision_columns(cols, config, history, now_ns)
     reasons = dec["reasons"]
     drivers = scores["drivers"].tolist() if with_reasons is True and "drivers" in scores else None

@@ -49,8 +49,9 @@ class Snapshot:
         self.cols = {c: features[c].to_numpy() for c in columns if c in features.columns}
         self.cols["customer_id"] = self.ids
         self.cols["as_of"] = features["as_of"].to_numpy().astype("datetime64[ns]")
-        for c in ("p_purchase", "p_second_purchase", "expected_value"):
-            self.cols[c] = scores[c].to_numpy(dtype=float)
+        for c in ("p_purchase", "p_second_purchase", "expected_value", "uplift"):
+            if c in scores.columns:
+                self.cols[c] = scores[c].to_numpy(dtype=float)
         self._model = model
         self._drivers: dict[int, str] = {}
 

@@ -1,4 +1,4 @@
-"""Command line of the training stage: `python -m training train|evaluate|tune|promote ...`."""
+"""Command line of the training stage: `python -m training train|evaluate|tune|promote|uplift ...`."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,10 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    _data_options(sub.add_parser("train", help="backtest, fit and register a new version of 'kairos'"))
+    tr = sub.add_parser("train", help="backtest, fit and register a new version of 'kairos'")
+    _data_options(tr)
+    tr.add_argument("--sample-customers", type=int,
+                    help="train on this many customers, picked by a hash of customer_id (logged to MLflow)")
     e = sub.add_parser("evaluate", help="backtest Kairos against the baselines and write the report, no registration")
     _data_options(e)
     e.add_argument("--out", required=True, help="directory for backtest_report.html and plots")
@@ -38,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--version")
     which.add_argument("--run-id")
     pr.add_argument("--force", action="store_true", help="skip the gate")
+    u = sub.add_parser("uplift", help="learn the uplift of nudges from random hold-outs; report and policy values")
+    u.add_argument("--customers", required=True)
+    u.add_argument("--nudges", required=True)
+    u.add_argument("--transactions", required=True)
+    u.add_argument("--events")
+    u.add_argument("--response-days", type=int, required=True, help="outcome window after each nudge (days)")
+    u.add_argument("--score-customers", help="customers file to score: writes DIR/uplift_scores.csv")
+    u.add_argument("--out", required=True, help="directory for uplift_report.html (and uplift_scores.csv)")
+    u.add_argument("--experiment", default="kairos")
+    u.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -56,9 +69,13 @@ def _inputs(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.train import train
+    from training.train import sample_customers, train
 
     inputs, as_of = _inputs(args)
+    inputs = sample_customers(inputs, args.sample_customers)
+    if inputs.sample:
+        print(f"training on {min(args.sample_customers, inputs.sample['sample_population']):,} of "
+              f"{inputs.sample['sample_population']:,} customers (hash sample)", file=sys.stderr)
     result = train(inputs, as_of, args.horizon_days, args.value_horizon_days, args.experiment)
     print(json.dumps(result, default=str))
     return 0
@@ -99,10 +116,28 @@ def _promote(args: argparse.Namespace) -> int:
     return 0 if result["promoted"] else 1
 
 
+def _uplift(args: argparse.Namespace) -> int:
+    from features.schema import load
+    from training.uplift_run import run_uplift, summary_json
+
+    if args.response_days < 1:
+        raise InputError("--response-days must be at least 1 day")
+    print("loading inputs", file=sys.stderr)
+    customers, nudges = load("customers", args.customers), load("nudges", args.nudges)
+    transactions, events = load("transactions", args.transactions), load("events", args.events)
+    score = load("customers", args.score_customers)
+    result = run_uplift(customers, nudges, transactions, events, args.response_days, args.out, score,
+                        args.experiment, args.seed)
+    print(f"report: {result['report']}", file=sys.stderr)
+    print(summary_json(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one command."""
     args = _parser().parse_args(argv)
-    return {"train": _train, "evaluate": _evaluate, "tune": _tune, "promote": _promote}[args.command](args)
+    return {"train": _train, "evaluate": _evaluate, "tune": _tune, "promote": _promote,
+            "uplift": _uplift}[args.command](args)
 
 
 if __name__ == "__main__":

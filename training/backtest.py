@@ -20,7 +20,7 @@ from training.btyd import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter, rfm_
 from training.metrics import classification_metrics, value_metrics
 from training.models import KairosModel
 
-__all__ = ["Backtest", "backtest_cutoff", "baseline_scores", "evaluate", "run_backtest", "SCORERS"]
+__all__ = ["SCORERS", "Backtest", "backtest_cutoff", "baseline_scores", "evaluate", "run_backtest"]
 
 SCORERS = ("kairos", "bgnbd", "paretonbd", "rfm")
 
@@ -65,7 +65,7 @@ def baseline_scores(transactions: pd.DataFrame, features: pd.DataFrame, cutoff: 
     try:
         gg = GammaGammaFitter(penalizer_coef=0.001).fit(fit["frequency"][repeat], fit["monetary_value"][repeat])
         spend = np.asarray(gg.conditional_expected_average_profit(f, np.where(f > 0, m, 0)), dtype=float)
-    except Exception as exc:  # a baseline that cannot be fitted is reported, not fatal
+    except Exception as exc:  # noqa: BLE001 - a baseline that cannot be fitted is reported, not fatal
         print(f"note: Gamma-Gamma did not fit ({exc}); BTYD value uses the mean order value", file=sys.stderr)
         spend = np.full(len(f), float(fit["monetary_value"][repeat].mean()))
     for name, fitter in (("bgnbd", BetaGeoFitter), ("paretonbd", ParetoNBDFitter)):
@@ -74,7 +74,7 @@ def baseline_scores(transactions: pd.DataFrame, features: pd.DataFrame, cutoff: 
             e_h = np.asarray(model.expected_purchases(horizon_days, f, r, t), dtype=float)
             e_v = np.asarray(model.expected_purchases(value_horizon_days, f, r, t), dtype=float)
             out[name] = (np.where(ok, 1 - np.exp(-e_h), 0.0), np.where(ok, e_v * spend, 0.0))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as above
             print(f"note: {name} did not fit ({exc}); its metrics are left out", file=sys.stderr)
     out["rfm"] = _rfm_heuristic(features, value_horizon_days)
     return out

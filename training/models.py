@@ -21,7 +21,7 @@ from features.spec import FEATURE_DOCS
 from training.btyd import BetaGeoFitter
 from training.metrics import normalized_gini
 
-__all__ = ["FeatureSpec", "KairosModel", "DEFAULT_PARAMS", "MIN_CUSTOMERS", "time_split"]
+__all__ = ["DEFAULT_PARAMS", "MIN_CUSTOMERS", "FeatureSpec", "KairosModel", "time_split"]
 
 LABELS = ("y_purchase", "y_value")
 MIN_CUSTOMERS = 50
@@ -190,7 +190,7 @@ class KairosModel:
         self.value_form_ = max(fitted, key=lambda f: np.nan_to_num(fitted[f]["valid_gini"], nan=-1))
         self.value_ = fitted[self.value_form_]
         self.value_forms_gini_ = {f: fitted[f]["valid_gini"] for f in forms}
-        self.n_train_rows_ = int(len(frame))
+        self.n_train_rows_ = len(frame)
         return self
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from features.errors import InputError
 from training.metrics import classification_metrics, normalized_gini
@@ -23,7 +24,7 @@ def _version_of(version: str | None, run_id: str | None) -> str:
     if version:
         try:
             return str(c.get_model_version(MODEL_NAME, str(version)).version)
-        except Exception:
+        except MlflowException:
             raise InputError(f"model registry: no version {version} of '{MODEL_NAME}'") from None
     found = c.search_model_versions(f"name='{MODEL_NAME}' and run_id='{run_id}'")
     if not found:

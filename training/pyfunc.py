@@ -17,7 +17,7 @@ import pandas as pd
 from training.models import KairosModel
 from training.registry import MODEL_NAME
 
-__all__ = ["KairosPyfunc", "log_kairos_model", "load_kairos_model"]
+__all__ = ["KairosPyfunc", "load_kairos_model", "log_kairos_model"]
 
 
 class KairosPyfunc(mlflow.pyfunc.PythonModel):

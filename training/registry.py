@@ -5,7 +5,7 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["MODEL_NAME", "tracking_uri", "configure", "client", "set_alias", "alias_version"]
+__all__ = ["MODEL_NAME", "alias_version", "client", "configure", "set_alias", "tracking_uri"]
 
 MODEL_NAME = "kairos"
 

@@ -19,7 +19,7 @@ from training.backtest import run_backtest
 from training.models import DEFAULT_PARAMS, MIN_CUSTOMERS, KairosModel
 from training.registry import MODEL_NAME, alias_version, configure, set_alias
 
-__all__ = ["Inputs", "fingerprint", "git_commit", "best_tuned_params", "check_enough_customers", "train"]
+__all__ = ["Inputs", "best_tuned_params", "check_enough_customers", "fingerprint", "git_commit", "train"]
 
 BEST_PARAMS_TAG = "kairos.best_params"
 
@@ -32,6 +32,7 @@ class Inputs:
     events: pd.DataFrame | None = None
     customers: pd.DataFrame | None = None
     nudges: pd.DataFrame | None = None
+    sample: dict | None = None  # set by sample_customers: logged to MLflow as params
 
 
 def fingerprint(inputs: Inputs, as_of: pd.Timestamp) -> dict[str, str | int]:
@@ -43,7 +44,7 @@ def fingerprint(inputs: Inputs, as_of: pd.Timestamp) -> dict[str, str | int]:
             h = pd.util.hash_pandas_object(df, index=False).to_numpy()
             digest.update(name.encode() + int(h.sum(dtype="uint64")).to_bytes(8, "little") + len(df).to_bytes(8, "little"))
     tx = inputs.transactions
-    return {"data_hash": digest.hexdigest()[:16], "data_rows": int(len(tx)),
+    return {"data_hash": digest.hexdigest()[:16], "data_rows": len(tx),
             "data_customers": int(tx["customer_id"].nunique()), "as_of": str(as_of)}
 
 
@@ -66,6 +67,29 @@ def best_tuned_params(experiment: str) -> dict | None:
     runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{BEST_PARAMS_TAG}` != ''",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     return json.loads(runs[0].data.tags[BEST_PARAMS_TAG]) if runs else None
+
+
+def sample_customers(inputs: Inputs, n: int | None) -> Inputs:
+    """Keep the `n` customers with the smallest 64-bit hash of their id, with all their rows in every table.
+
+    Training at scale: the sample is the same on every run and machine (a hash, not a random draw), holds whole
+    customers (so features and labels are exact for them), and grows only by adding customers as `n` grows.
+    LightGBM fits a few million customers x cutoffs in minutes on one machine; scoring covers everyone (on Spark).
+    """
+    if n is None:
+        return inputs
+    if n < 1:
+        raise InputError(f"--sample-customers {n}: must be at least 1")
+    tables = {k: getattr(inputs, k) for k in ("transactions", "events", "customers", "nudges")}
+    ids = pd.unique(pd.concat([df["customer_id"].astype(str) for df in tables.values() if df is not None]))
+    if len(ids) <= n:
+        return Inputs(**tables, sample={"sample_customers": n, "sample_population": len(ids), "sample_share": 1.0})
+    h = pd.util.hash_array(ids.astype(object), categorize=False)
+    keep = pd.Index(ids[h.argsort(kind="stable")[:n]])
+    picked = {k: None if df is None else df.loc[df["customer_id"].astype(str).isin(keep)].reset_index(drop=True)
+              for k, df in tables.items()}
+    return Inputs(**picked, sample={"sample_customers": n, "sample_population": len(ids),
+                                    "sample_share": round(n / len(ids), 6)})
 
 
 def check_enough_customers(transactions: pd.DataFrame, as_of: pd.Timestamp) -> None:
@@ -93,7 +117,7 @@ def train(inputs: Inputs, as_of: pd.Timestamp, horizon_days: int = 90, value_hor
                          "params_source": "tune" if tuned else "default"})
         mlflow.log_params({"horizon_days": horizon_days, "value_horizon_days": value_horizon_days,
                            "as_of": str(as_of), "n_nudges": 0 if inputs.nudges is None else len(inputs.nudges),
-                           **{f"lgb.{k}": v for k, v in params.items()}})
+                           **{f"lgb.{k}": v for k, v in params.items()}, **(inputs.sample or {})})
         print("backtest: training as of the backtest cutoff and fitting the baselines", file=sys.stderr)
         bt = run_backtest(tx, as_of, horizon_days, value_horizon_days, ev, cu, params)
         mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in bt.metrics.items() if pd.notna(v)})
@@ -109,6 +133,10 @@ def train(inputs: Inputs, as_of: pd.Timestamp, horizon_days: int = 90, value_hor
         frame = training_frame(tx, as_of, horizon_days, value_horizon_days, ev, cu)
         model = KairosModel(params, value_form=bt.model.value_form_, horizon_days=horizon_days).fit(frame)
         mlflow.log_metric("train_rows", len(frame))
+        from training.uplift_run import uplift_for_training
+
+        model.uplift_ = uplift_for_training(inputs.nudges, tx, as_of, ev, cu)
+        mlflow.log_param("uplift_learner", type(model.uplift_.learner).name if model.uplift_ else "none (prior)")
         from training.pyfunc import log_kairos_model
 
         example = build_features(tx, as_of, ev, cu)

@@ -1,0 +1,133 @@
+"""The Spark engine gives the pandas engine's output, row for row (floats within 1e-9), on a local Spark session."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("pyspark")
+
+from features.errors import InputError
+from features.schema import parse_as_of
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),  # pyspark 4.3 on pandas 3
+              pytest.mark.filterwarnings("ignore:toPandas attempted Arrow optimization")]
+AS_OF = "2025-12-31"
+MASTER = "local[2]"
+DATA = Path(__file__).parent / "data"
+
+
+def assert_same(spark_file: Path, pandas_file: Path) -> None:
+    got, ref = pd.read_parquet(spark_file), pd.read_parquet(pandas_file)
+    assert list(got.columns) == list(ref.columns)
+    assert len(got) == len(ref) > 0
+    assert got["customer_id"].tolist() == ref["customer_id"].tolist()  # both sorted by customer_id
+    for c in ref.columns:
+        a, b = ref[c], got[c]
+        assert a.dtype == b.dtype, c
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(b.to_numpy(), a.to_numpy(), rtol=0, atol=1e-9, equal_nan=True, err_msg=c)
+        else:
+            assert a.astype(object).where(a.notna(), None).tolist() == b.astype(object).where(b.notna(), None).tolist(), c
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from features.spark_engine import spark_session
+
+    return spark_session(MASTER)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A simulated world, the Online Retail sample, and a small champion in a temporary MLflow store."""
+    import mlflow
+
+    from features.adapters import adapt
+    from features.io import write_parquet
+    from features.labels import training_frame
+    from features.pipeline import build_features
+    from features.simulate import simulate_world, write_world
+    from training.models import KairosModel
+    from training.pyfunc import log_kairos_model
+    from training.registry import configure, set_alias
+
+    d = tmp_path_factory.mktemp("spark")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/mlflow.db")
+    mp.setenv("KAIROS_CONTACT_DB", f"sqlite:///{d}/contacts.db")
+    mp.chdir(d)
+    as_of = parse_as_of(AS_OF)
+    w = simulate_world(n_customers=800, seed=5)
+    world = write_world(w, d / "world")
+    retail = {}
+    for name, df in adapt("online_retail", DATA / "online_retail_ii_sample.csv").items():
+        retail[name] = write_parquet(df, d / "retail" / f"{name}.parquet")
+    frame = training_frame(w.transactions, as_of, 90, 365, w.events, w.customers)
+    model = KairosModel({"n_estimators": 30, "num_leaves": 15}, value_form="tweedie").fit(frame)
+    feats = build_features(w.transactions, as_of, w.events, w.customers)
+    configure()
+    mlflow.set_experiment("test-spark")
+    with mlflow.start_run():
+        version = str(log_kairos_model(model, feats.loc[feats["n_orders"] > 0]).registered_model_version)
+    set_alias("champion", version)
+    yield SimpleNamespace(dir=d, world=world, retail=retail, version=version)
+    mp.undo()
+
+
+def _inputs(paths: dict) -> list[str]:
+    args = ["--transactions", str(paths["transactions"])]
+    for k in ("events", "customers"):
+        if k in paths:
+            args += [f"--{k}", str(paths[k])]
+    return args
+
+
+@pytest.mark.parametrize("data", ["world", "retail"])
+def test_features_build_spark_equals_pandas(spark, store, data):
+    from features.__main__ import main
+
+    paths, d = getattr(store, data), store.dir
+    base = [*_inputs(paths), "--as-of", AS_OF]
+    assert main(["build", *base, "--out", str(d / f"{data}_pandas.parquet")]) == 0
+    assert main(["build", *base, "--out", str(d / f"{data}_spark.parquet"), "--engine", "spark",
+                 "--spark-master", MASTER, "--partitions", "3"]) == 0
+    assert_same(d / f"{data}_spark.parquet", d / f"{data}_pandas.parquet")
+
+
+@pytest.mark.parametrize("data", ["world", "retail"])
+def test_serving_batch_spark_equals_pandas(spark, store, data):
+    from serving.batch import BatchOptions, run_batch
+    from serving.spark_batch import run_batch_spark
+
+    paths, d = getattr(store, data), store.dir
+    opts = {"transactions": str(paths["transactions"]), "events": str(paths.get("events") or "") or None,
+            "customers": str(paths.get("customers") or "") or None, "as_of": AS_OF, "log_mlflow": False,
+            "record": False, "reasons": "all"}
+    a = run_batch(BatchOptions(out=str(d / f"{data}_scores_pandas.parquet"), **opts))
+    b = run_batch_spark(BatchOptions(out=str(d / f"{data}_scores_spark.parquet"), **opts), MASTER, 3)
+    assert_same(d / f"{data}_scores_spark.parquet", d / f"{data}_scores_pandas.parquet")
+    assert (a["customers"], a["nudges"], a["decisions"]) == (b["customers"], b["nudges"], b["decisions"])
+
+
+def test_bad_input_on_spark_is_one_line_and_writes_nothing(spark, tmp_path):
+    from features.__main__ import main
+    from serving.__main__ import main as serving_main
+
+    bad = tmp_path / "t.csv"
+    bad.write_text("customer_id,timestamp,amount\nA,2024-01-01,10\nB,2024-01-02,ten\n")
+    with pytest.raises(InputError, match="t.csv: column 'amount' is not a finite number.*'ten'"):
+        main(["build", "--transactions", str(bad), "--as-of", AS_OF, "--out", str(tmp_path / "f.parquet"),
+              "--engine", "spark", "--spark-master", MASTER])
+    with pytest.raises(InputError, match="missing required column"):
+        (tmp_path / "m.csv").write_text("customer_id,amount\nA,10\n")
+        main(["build", "--transactions", str(tmp_path / "m.csv"), "--as-of", AS_OF, "--out",
+              str(tmp_path / "f.parquet"), "--engine", "spark", "--spark-master", MASTER])
+    with pytest.raises(InputError, match="column 'amount' is not a finite number"):  # before the model is loaded
+        serving_main(["batch", "--transactions", str(bad), "--as-of", AS_OF, "--out", str(tmp_path / "s.parquet"),
+                      "--model-uri", "models:/does-not-exist/1", "--engine", "spark", "--spark-master", MASTER])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "t.csv"]
