@@ -44,7 +44,7 @@ def test_predictions_are_probabilities_one_row_per_input(world, fitted):
     feats = build_features(world.transactions, AS_OF, world.events, world.customers)
     scores = model.predict(feats)
     assert len(scores) == len(feats) and scores.index.equals(feats.index)
-    assert scores["p_purchase"].between(0, 1).all() and (scores["expected_value"] >= 0).all()
+    assert scores["p_purchase"].gt(0).all() and scores["p_purchase"].lt(1).all() and (scores["expected_value"] >= 0).all()
     one = feats["n_orders"] == 1
     assert scores.loc[one, "p_second_purchase"].notna().all() and scores.loc[~one, "p_second_purchase"].isna().all()
     assert model.value_form_ in ("hurdle", "tweedie")

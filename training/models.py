@@ -25,6 +25,7 @@ __all__ = ["DEFAULT_PARAMS", "MIN_CUSTOMERS", "FeatureSpec", "KairosModel", "tim
 
 LABELS = ("y_purchase", "y_value")
 MIN_CUSTOMERS = 50
+P_FLOOR = 1e-3  # isotonic calibration can output exactly 0 or 1; no customer is certain either way
 # Strongly regularised by default: rolling cutoffs of short histories differ from the scoring cutoff (shorter
 # tenure, other season), and small trees on half the features generalise across that shift best on Online Retail.
 DEFAULT_PARAMS: dict = {
@@ -196,12 +197,12 @@ class KairosModel:
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         """Scores of each row: p_purchase, p_second_purchase (one-order customers only), expected_value."""
         X = self.matrix(features)
-        p = self.purchase_.predict_proba(X)[:, 1]
+        p = np.clip(self.purchase_.predict_proba(X)[:, 1], P_FLOOR, 1 - P_FLOOR)
         one = features["n_orders"].to_numpy() == 1
         second = np.full(len(X), np.nan)
         if one.any():
             model = self.second_ or self.purchase_
-            second[one] = model.predict_proba(X[one])[:, 1]
+            second[one] = np.clip(model.predict_proba(X[one])[:, 1], P_FLOOR, 1 - P_FLOOR)
         scores = pd.DataFrame({"p_purchase": p, "p_second_purchase": second,
                                "expected_value": np.clip(self._value_predict(self.value_, X), 0, None)},
                               index=features.index)
