@@ -233,15 +233,19 @@ def _engagement(ev: pd.DataFrame | None, cust: np.ndarray, first_ts: np.ndarray,
         ev = pd.DataFrame({"timestamp": pd.Series([], dtype="datetime64[ns]"), "event": pd.Series([], dtype=str)})
         cust = np.zeros(0, np.int64)
     ts = _ns(ev["timestamp"]).astype(float)
-    kind = ev["event"].to_numpy(dtype=str)
-    out: dict[str, np.ndarray] = {f"n_{e}": np.bincount(cust[kind == e], minlength=n) for e in EVENT_TYPES}
-    out["n_other_events"] = np.bincount(cust[~np.isin(kind, EVENT_TYPES)], minlength=n)
+    # event type as an index into EVENT_TYPES (len(EVENT_TYPES) = other), via the few distinct names
+    codes, names = pd.factorize(ev["event"])
+    index = {e: i for i, e in enumerate(EVENT_TYPES)}
+    kind = np.array([index.get(str(x), len(EVENT_TYPES)) for x in names], dtype=np.int64)[codes] if len(ev) else codes
+    per_type = np.bincount(kind * n + cust, minlength=n * (len(EVENT_TYPES) + 1)).reshape(-1, n) if n else None
+    out: dict[str, np.ndarray] = {f"n_{e}": per_type[i] if n else np.zeros(0) for i, e in enumerate(EVENT_TYPES)}
+    out["n_other_events"] = per_type[len(EVENT_TYPES)] if n else np.zeros(0)
     since_first = (ts - first_ts[cust]) / DAY_NS
     bought = ~np.isnan(first_ts)
     for d in (7, 14, 30):
         hit = (since_first >= 0) & (since_first <= d)
         out[f"events_first_{d}d"] = np.where(bought, np.bincount(cust[hit], minlength=n), np.nan)
-    app7 = (since_first >= 0) & (since_first <= 7) & (kind == "app_session")
+    app7 = (since_first >= 0) & (since_first <= 7) & (kind == index["app_session"])
     out["app_sessions_first_7d"] = np.where(bought, np.bincount(cust[app7], minlength=n), np.nan)
     out["events_before_first_purchase"] = np.bincount(cust[~(since_first >= 0)], minlength=n)
     for d in (7, 30, 90):
