@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ __all__ = [
     "input_error_from",
     "read_inputs",
     "run_build",
+    "spark_input_errors",
     "spark_session",
     "to_spark",
     "write_output",
@@ -79,6 +82,20 @@ def spark_session(master: str = "local[*]", app: str = "kairos", conf: dict[str,
     # a bad input row fails a task: Spark would log the task's traceback at ERROR before Kairos's one-line error
     spark.sparkContext.setLogLevel(os.environ.get("KAIROS_SPARK_LOG_LEVEL", "FATAL"))
     return spark
+
+
+@contextmanager
+def spark_input_errors() -> Iterator[None]:
+    """Re-raise a Spark task's failure caused by bad input as the one-line InputError it was inside the task."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        err = input_error_from(exc)
+        if err is not None:
+            raise err from None
+        raise
 
 
 def input_error_from(exc: BaseException) -> InputError | None:
@@ -379,14 +396,7 @@ def run_build(transactions: str, as_of: pd.Timestamp, out: str, events: str | No
     spark = spark_session(master)
     inputs = read_inputs(spark, transactions, events, customers)
     feats = build_features_spark(spark, inputs, as_of, partitions)
-    try:
+    with spark_input_errors():
         path = write_output(feats, out)
         n = feats.count() if path.endswith("/") or not path.endswith(".parquet") else len(pd.read_parquet(path, columns=["customer_id"]))
-    except InputError:
-        raise
-    except Exception as exc:
-        err = input_error_from(exc)
-        if err is not None:
-            raise err from None
-        raise
     return {"out": path, "customers": n, "features": len(feats.columns) - 2}

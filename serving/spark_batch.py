@@ -62,7 +62,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
 
     from features.errors import InputError
     from features.schema import parse_as_of
-    from features.spark_engine import build_features_spark, input_error_from, read_inputs, spark_session, write_output
+    from features.spark_engine import build_features_spark, read_inputs, spark_input_errors, spark_session, write_output
     from serving.batch import _log_run, output_path
     from serving.contact_log import ContactLog
     from serving.policy import load_policy, resolve_timing
@@ -82,18 +82,11 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
     inputs = read_inputs(spark, opt.transactions, opt.events, opt.customers)
     feats = build_features_spark(spark, inputs, as_of, partitions).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        try:
+        with spark_input_errors():
             n = feats.count()
             if n == 0:
                 raise InputError(f"{opt.transactions}: no customer is known by --as-of {opt.as_of}")
             days = feats.select("days_first_to_second").where("days_first_to_second IS NOT NULL").toPandas()
-        except InputError:
-            raise
-        except Exception as exc:
-            err = input_error_from(exc)
-            if err is not None:
-                raise err from None
-            raise
         config = resolve_timing(config, days)
         _say(f"features of {n:,} customers built; loading model {opt.model_uri}")
         from serving.scoring import load_model
