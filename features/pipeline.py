@@ -36,7 +36,8 @@ def _ns(ts: pd.Series) -> np.ndarray:
 def _before(df: pd.DataFrame | None, as_of: pd.Timestamp) -> pd.DataFrame | None:
     if df is None:
         return None
-    return df.loc[df["timestamp"].to_numpy() <= as_of.to_datetime64()]
+    keep = df["timestamp"].to_numpy() <= as_of.to_datetime64()
+    return df if keep.all() else df.loc[keep]  # no copy of the string columns when nothing is after as-of
 
 
 def _known_customers(customers: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -173,11 +174,19 @@ def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _distinct_per_customer(cust: np.ndarray, values: pd.Series, n: int) -> np.ndarray:
-    codes = pd.factorize(values)[0].astype(np.int64)
+def _codes_of(values: pd.Series) -> np.ndarray:
+    """Integer codes of a column (-1 for missing), factorized once and then indexed, never the strings."""
+    return pd.factorize(values)[0].astype(np.int64)
+
+
+def _distinct_per_customer(cust: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
+    """Number of distinct non-missing codes per customer."""
     ok = codes >= 0
-    pairs = pd.unique(cust[ok].astype(np.int64) * (codes.max() + 2) + codes[ok])
-    return np.bincount(pairs // (codes.max() + 2), minlength=n)
+    if not ok.any():
+        return np.zeros(n, np.int64)
+    base = int(codes.max()) + 2
+    pairs = pd.unique(cust[ok].astype(np.int64) * base + codes[ok])
+    return np.bincount(pairs // base, minlength=n)
 
 
 def _first_order_and_kpa(tx: pd.DataFrame, cust: np.ndarray, orders: pd.DataFrame, line_order: np.ndarray,
@@ -202,11 +211,12 @@ def _first_order_and_kpa(tx: pd.DataFrame, cust: np.ndarray, orders: pd.DataFram
     in_first = is_first[line_order]
     nan = np.full(n, np.nan)
     if "category" in tx.columns:
-        out["first_order_categories"] = np.where(has, _distinct_per_customer(cust[in_first], tx["category"][in_first], n), np.nan)
-        out["n_categories"] = _distinct_per_customer(bc, tx["category"][buy_line], n)
+        category = _codes_of(tx["category"])
+        out["first_order_categories"] = np.where(has, _distinct_per_customer(cust[in_first], category[in_first], n), np.nan)
+        out["n_categories"] = _distinct_per_customer(bc, category[buy_line], n)
     else:
         out["first_order_categories"] = out["n_categories"] = nan
-    out["n_products"] = _distinct_per_customer(bc, tx["product_id"][buy_line], n) if "product_id" in tx else nan
+    out["n_products"] = _distinct_per_customer(bc, _codes_of(tx["product_id"])[buy_line], n) if "product_id" in tx else nan
     if "margin" in tx.columns:
         margin = tx["margin"].to_numpy(dtype=float)[buy_line]
         high = _ratio(margin, ba) >= params.high_margin_rate
@@ -219,7 +229,7 @@ def _first_order_and_kpa(tx: pd.DataFrame, cust: np.ndarray, orders: pd.DataFram
         ch = orders["channel"].fillna("").to_numpy(dtype=str)
         oc = orders["cust"].to_numpy()
         out["app_order_share"] = _ratio(np.bincount(oc[buy & (ch == "app")], minlength=n), np.bincount(oc[buy], minlength=n))
-        out["n_channels"] = _distinct_per_customer(bc, tx["channel"][buy_line], n)
+        out["n_channels"] = _distinct_per_customer(bc, _codes_of(tx["channel"])[buy_line], n)
         out["first_order_channel"] = np.where(has, ch[fo], None) if len(ch) else np.full(n, None, dtype=object)
     else:
         out["app_order_share"] = out["n_channels"] = nan

@@ -101,3 +101,9 @@ def test_as_of_date_means_end_of_day_and_bad_dates_fail():
     for bad in ("2024-13-45", "tomorrow", ""):
         with pytest.raises(InputError, match="--as-of"):
             parse_as_of(bad)
+
+
+def test_rows_equal_in_numbers_but_not_in_text_are_not_duplicates():
+    out = validate(_tx(customer_id=["A", "B", "A"], timestamp=["2024-01-01"] * 3, amount=["5", "5", "5"],
+                       order_id=["o1", "o2", "o1"]), "transactions")
+    assert out[["customer_id", "order_id"]].values.tolist() == [["A", "o1"], ["B", "o2"]]
