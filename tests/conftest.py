@@ -44,6 +44,28 @@ def random_history(n_customers: int = 300, seed: int = 0, start: str = "2023-01-
             "customers": validate(cu, "customers")}
 
 
+def register_small_champion(world, as_of: pd.Timestamp, experiment: str, n_estimators: int):
+    """Fit a small KairosModel on a simulated world directly (no backtest: `training.train.train` adds a minute of
+    baselines) and register it as champion in the configured MLflow store; returns model, version, features."""
+    import mlflow
+
+    from features.labels import training_frame
+    from features.pipeline import build_features
+    from training.models import KairosModel
+    from training.pyfunc import log_kairos_model
+    from training.registry import configure, set_alias
+
+    frame = training_frame(world.transactions, as_of, 90, 365, world.events, world.customers)
+    model = KairosModel({"n_estimators": n_estimators, "num_leaves": 15}, value_form="tweedie").fit(frame)
+    feats = build_features(world.transactions, as_of, world.events, world.customers)
+    configure()
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run():
+        version = str(log_kairos_model(model, feats.loc[feats["n_orders"] > 0]).registered_model_version)
+    set_alias("champion", version)
+    return model, version, feats
+
+
 @pytest.fixture(scope="session")
 def history() -> dict[str, pd.DataFrame]:
     """A seeded random world of 300 customers over about two years."""

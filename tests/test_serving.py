@@ -16,8 +16,9 @@ import pytest
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kairos-prom-"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
+from conftest import register_small_champion
+
 from features.errors import InputError
-from features.pipeline import build_features
 from features.schema import parse_as_of
 from serving.scoring import SCORE_COLUMNS
 
@@ -28,13 +29,7 @@ AS_OF = "2025-12-31"
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """A simulated world, a small registered champion in a temporary MLflow store, and its feature snapshot."""
-    import mlflow
-
-    from features.labels import training_frame
     from features.simulate import simulate_world, write_world
-    from training.models import KairosModel
-    from training.pyfunc import log_kairos_model
-    from training.registry import configure, set_alias
 
     d = tmp_path_factory.mktemp("serving")
     mp = pytest.MonkeyPatch()
@@ -44,16 +39,7 @@ def world(tmp_path_factory):
     w = simulate_world(n_customers=1200, seed=3)
     paths = write_world(w, d / "data")
     as_of = parse_as_of(AS_OF)
-    # the model is fitted directly (training.train.train adds a minute of backtest and BTYD baselines)
-    frame = training_frame(w.transactions, as_of, 90, 365, w.events, w.customers)
-    model = KairosModel({"n_estimators": 40, "num_leaves": 15}, value_form="tweedie").fit(frame)
-    feats = build_features(w.transactions, as_of, w.events, w.customers)
-    configure()
-    mlflow.set_experiment("test-serving")
-    with mlflow.start_run():
-        info = log_kairos_model(model, feats.loc[feats["n_orders"] > 0])
-    version = str(info.registered_model_version)
-    set_alias("champion", version)
+    model, version, feats = register_small_champion(w, as_of, "test-serving", n_estimators=40)
     feats.to_parquet(d / "features.parquet", index=False)
     mp.setenv("KAIROS_MODEL_URI", "models:/kairos@champion")
     mp.setenv("KAIROS_FEATURES", str(d / "features.parquet"))

@@ -10,6 +10,8 @@ import pytest
 
 pytest.importorskip("pyspark")
 
+from conftest import register_small_champion
+
 from features.errors import InputError
 from features.schema import parse_as_of
 
@@ -45,16 +47,9 @@ def spark():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A simulated world, the Online Retail sample, and a small champion in a temporary MLflow store."""
-    import mlflow
-
     from features.adapters import adapt
     from features.io import write_parquet
-    from features.labels import training_frame
-    from features.pipeline import build_features
     from features.simulate import simulate_world, write_world
-    from training.models import KairosModel
-    from training.pyfunc import log_kairos_model
-    from training.registry import configure, set_alias
 
     d = tmp_path_factory.mktemp("spark")
     mp = pytest.MonkeyPatch()
@@ -67,14 +62,7 @@ def store(tmp_path_factory):
     retail = {}
     for name, df in adapt("online_retail", DATA / "online_retail_ii_sample.csv").items():
         retail[name] = write_parquet(df, d / "retail" / f"{name}.parquet")
-    frame = training_frame(w.transactions, as_of, 90, 365, w.events, w.customers)
-    model = KairosModel({"n_estimators": 30, "num_leaves": 15}, value_form="tweedie").fit(frame)
-    feats = build_features(w.transactions, as_of, w.events, w.customers)
-    configure()
-    mlflow.set_experiment("test-spark")
-    with mlflow.start_run():
-        version = str(log_kairos_model(model, feats.loc[feats["n_orders"] > 0]).registered_model_version)
-    set_alias("champion", version)
+    _, version, _ = register_small_champion(w, as_of, "test-spark", n_estimators=30)
     yield SimpleNamespace(dir=d, world=world, retail=retail, version=version)
     mp.undo()
 
