@@ -33,9 +33,8 @@ def build_labels(transactions: pd.DataFrame, cutoff: pd.Timestamp, customer_ids:
     t = transactions["timestamp"].to_numpy()
     win = transactions.loc[(t > cutoff.to_datetime64()) & (t <= end.to_datetime64())]
     ids = np.asarray(customer_ids, dtype=str)
-    pos = np.searchsorted(ids, win["customer_id"].to_numpy(dtype=str))
-    pos = np.minimum(pos, max(len(ids) - 1, 0))
-    known = (ids[pos] == win["customer_id"].to_numpy(dtype=str)) if len(ids) else np.zeros(len(win), bool)
+    pos = pd.Index(ids).get_indexer(win["customer_id"])
+    known = pos >= 0
     win, pos = win.loc[known], pos[known]
     orders, _ = order_table(win, pos)
     h_end = (cutoff + pd.Timedelta(days=horizon_days)).value

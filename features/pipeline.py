@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from features.lifecycle import StageRules, lifecycle_stage
+from features.schema import as_utc_naive
 from features.spec import EVENT_TYPES, FEATURE_DOCS, WINDOWS
 
 __all__ = ["FeatureParams", "build_features", "customer_codes", "order_table", "population"]
@@ -44,10 +45,7 @@ def _known_customers(customers: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFra
     """Rows of the customers table that exist by `as_of` (no `signup_date` after it)."""
     if "signup_date" not in customers.columns:
         return customers
-    signup = pd.to_datetime(customers["signup_date"], errors="coerce", format="ISO8601")
-    if getattr(signup.dt, "tz", None) is not None:
-        signup = signup.dt.tz_convert("UTC").dt.tz_localize(None)
-    return customers.loc[~(signup > as_of).to_numpy()]
+    return customers.loc[~(as_utc_naive(customers["signup_date"]) > as_of).to_numpy()]
 
 
 def customer_codes(*id_columns: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -276,10 +274,7 @@ def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Times
         s = table[col]
         num = pd.to_numeric(s, errors="coerce")
         if pd.api.types.is_datetime64_any_dtype(s) or str(col).endswith("_date"):
-            when = pd.to_datetime(s, errors="coerce", format="ISO8601")
-            if getattr(when.dt, "tz", None) is not None:
-                when = when.dt.tz_convert("UTC").dt.tz_localize(None)
-            days = (as_of - when).dt.total_seconds().to_numpy() / 86_400
+            days = (as_of - as_utc_naive(s)).dt.total_seconds().to_numpy() / 86_400
             out[f"attr_{col}_days"] = np.where(days >= 0, days, np.nan)
         elif pd.api.types.is_bool_dtype(s) or num.notna().sum() == s.notna().sum():
             out[f"attr_{col}"] = num.to_numpy(dtype=float)

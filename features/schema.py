@@ -16,7 +16,7 @@ import pandas as pd
 from features.errors import InputError
 from features.io import read_table
 
-__all__ = ["SCHEMAS", "Schema", "load", "parse_as_of", "validate"]
+__all__ = ["SCHEMAS", "Schema", "as_utc_naive", "load", "parse_as_of", "validate"]
 
 ID, TIME, FLOAT, TEXT, BOOL = "id", "time", "float", "text", "bool"
 
@@ -68,7 +68,8 @@ def _as_id(s: pd.Series) -> pd.Series:
     return s.astype("str").where(s.notna(), None).str.strip()
 
 
-def _as_time(s: pd.Series) -> pd.Series:
+def as_utc_naive(s: pd.Series) -> pd.Series:
+    """Dates or datetimes (ISO 8601 text or datetime64, any offsets) as naive UTC datetime64[ns]; NaT if unparseable."""
     if pd.api.types.is_datetime64_any_dtype(s):
         out = s
     else:
@@ -101,7 +102,7 @@ def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) 
         missing |= out.fillna("").eq("").to_numpy()
         bad = np.zeros(len(raw), bool)
     elif kind == TIME:
-        out = _as_time(raw)
+        out = as_utc_naive(raw)
         bad = out.isna().to_numpy() & ~missing
     elif kind == FLOAT:
         out = _as_float(raw)
