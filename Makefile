@@ -21,6 +21,9 @@ CU ?= $(DATA)/customers.parquet
 SCORES ?= $(DATA)/scores.parquet
 # optional inputs are passed only when their file exists
 OPT = $$([ -f $(EV) ] && echo --events $(EV)) $$([ -f $(CU) ] && echo --customers $(CU))
+# the Aha rules of `make aha`, once they exist, drive the new customers' message (serving/policy.yaml, aha)
+AHA_RULES ?= $(DATA)/aha/aha_rules.csv
+AHA_OPT = $$([ -f $(AHA_RULES) ] && echo --aha-rules $(AHA_RULES))
 TRAIN_ARGS = --transactions $(TX) $(OPT) --as-of $(AS_OF) --horizon-days $(HORIZON) \
 	--value-horizon-days $(VALUE_HORIZON) --experiment $(EXPERIMENT)
 
@@ -44,7 +47,7 @@ $(DEMO)/transactions.parquet: | setup
 simulate: $(DEMO)/transactions.parquet
 
 features: setup
-	$(PY) -m features build --transactions $(TX) $(OPT) --as-of $(AS_OF) --out $(DATA)/features.parquet
+	$(PY) -m features build --transactions $(TX) $(OPT) --as-of $(AS_OF) --out $(DATA)/features.parquet $(AHA_OPT)
 
 train: setup
 	$(PY) -m training train $(TRAIN_ARGS) | tee $(DATA)/train.json | tail -c 400; echo
@@ -66,11 +69,11 @@ aha: setup
 	$(PY) -m features aha --transactions $(TX) --events $(EV) --as-of $(AS_OF) --out $(DATA)/aha
 
 serve: setup
-	$(PY) -m serving serve --features $(DATA)/features.parquet
+	$(PY) -m serving serve --features $(DATA)/features.parquet $(AHA_OPT)
 
 batch-score: setup
 	$(PY) -m serving batch --transactions $(TX) $(OPT) --as-of $(AS_OF) --out $(SCORES) \
-		--features-out $(DATA)/features.parquet
+		--features-out $(DATA)/features.parquet $(AHA_OPT)
 
 # the demo: simulate, train and register, promote, Aha moments, score everyone, show whom to nudge
 demo: simulate

@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="pandas (one process) or spark (the same feature function per customer partition)")
     b.add_argument("--spark-master", default="local[*]", help="Spark master URL (--engine spark)")
     b.add_argument("--partitions", type=int, help="customer hash partitions (--engine spark; default 4 x cores)")
+    b.add_argument("--aha-rules", help="aha_rules.csv of `features aha`: add each top rule's count column "
+                   "(aha_<action>_first_<d>d) for the policy's Aha message")
     h = sub.add_parser("aha", help="Aha-moment / KPA discovery: rules, grid, earn table and an HTML report")
     h.add_argument("--transactions", required=True)
     h.add_argument("--events", help="events file (required: the behaviours to test)")
@@ -49,11 +51,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _build(args: argparse.Namespace) -> int:
     from features.io import write_parquet
-    from features.pipeline import build_features
+    from features.pipeline import FeatureParams, build_features
     from features.schema import load, parse_as_of
 
     as_of = parse_as_of(args.as_of)
     t0 = time.perf_counter()
+    params = FeatureParams()
+    if args.aha_rules:
+        from features.aha_rules import load_aha_rules, rule_actions
+
+        params = FeatureParams(aha_actions=rule_actions(load_aha_rules(args.aha_rules)))
     if args.engine == "spark":
         from features.spark_engine import run_build
 
@@ -61,7 +68,7 @@ def _build(args: argparse.Namespace) -> int:
             raise InputError(f"--partitions {args.partitions}: must be at least 1")
         print(f"building features as of {as_of} on Spark ({args.spark_master})", file=sys.stderr)
         done = run_build(args.transactions, as_of, args.out, args.events, args.customers, args.spark_master,
-                         args.partitions)
+                         args.partitions, params)
         print(f"wrote {done['customers']:,} customers x {done['features']} features to {done['out']} "
               f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return 0
@@ -70,7 +77,7 @@ def _build(args: argparse.Namespace) -> int:
     ev = load("events", args.events)
     cu = load("customers", args.customers)
     print(f"building features for {tx['customer_id'].nunique():,} customers from {len(tx):,} lines", file=sys.stderr)
-    feats = build_features(tx, as_of, ev, cu)
+    feats = build_features(tx, as_of, ev, cu, params)
     write_parquet(feats, args.out)
     print(f"wrote {len(feats):,} customers x {feats.shape[1] - 2} features to {args.out} "
           f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

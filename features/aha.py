@@ -33,7 +33,8 @@ from scipy import stats
 
 from features.errors import InputError
 
-__all__ = ["RULE_COLUMNS", "WINDOWS", "AhaResult", "Cohort", "build_cohort", "discover", "threshold_metrics"]
+__all__ = ["RULE_COLUMNS", "WINDOWS", "AhaResult", "Cohort", "action_column", "action_counts", "action_occurrences",
+           "build_cohort", "discover", "threshold_metrics"]
 
 WINDOWS: tuple[int, ...] = (1, 3, 7, 10, 14, 21, 30)
 RULE_COLUMNS = ["action", "min_count", "within_days", "coverage", "rate_if", "rate_else", "lift", "precision", "recall"]
@@ -137,6 +138,94 @@ def _occurrences(code: np.ndarray, off: np.ndarray, keep: np.ndarray) -> tuple[n
     return code[keep].astype(np.int64), off[keep].astype(np.float64)
 
 
+def _event_codes(ev: pd.DataFrame, ids: np.ndarray) -> np.ndarray:
+    """Customer code (into the sorted transaction `ids`) of each event; -1 for customers without transactions."""
+    codes, uniques = pd.factorize(ev["customer_id"])
+    return pd.Index(ids).get_indexer(np.asarray(uniques, dtype=str))[codes] if len(ev) else codes.astype(np.int64)
+
+
+def action_occurrences(tx: pd.DataFrame, ev: pd.DataFrame | None, o: dict[str, np.ndarray], first: np.ndarray,
+                       d_max: float) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """Every occurrence of every action from each customer's first purchase to `d_max` days after it (inclusive).
+
+    Args:
+        tx: the transactions behind `o` (`_orders(tx)`); ev: canonical events (or None).
+        first: first purchase time (ns) per customer code of `o`, int64 max for customers without one.
+        d_max: the longest window in days.
+
+    Returns:
+        `actions[name] = (customer code, days since the first purchase)` (see the module doc for the actions; for
+        `purchase_categories` one entry per category, at its first purchase) and each action's source table.
+    """
+    bought = first < np.iinfo(np.int64).max
+
+    def locate(codes: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        off = np.where(bought[codes], (ts - first[codes]) / DAY_NS, np.nan)
+        return off, (off >= 0) & (off <= d_max)
+
+    actions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    buy_order = o["order_amount"] > 0
+    oc = o["order_cust"]
+    ooff, owin = locate(oc, o["order_ts"])
+    lc = o["cust"]
+    loff, lwin = locate(lc, o["ts"])
+    lwin &= buy_order[o["line_order"]] & (o["amount"] > 0)
+    if "category" in tx.columns:
+        cat = pd.factorize(tx["category"].iloc[np.flatnonzero(lwin)])[0]
+        keep = cat >= 0
+        pair = pd.DataFrame({"c": lc[lwin][keep], "k": cat[keep], "off": loff[lwin][keep]})
+        firsts = pair.groupby(["c", "k"], sort=False)["off"].min().reset_index()
+        actions["purchase_categories"] = (firsts["c"].to_numpy(np.int64), firsts["off"].to_numpy(float))
+    if o["margin"] is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            high = o["margin"] / o["amount"] >= HIGH_MARGIN_RATE
+        actions["high_margin_lines"] = _occurrences(lc, loff, lwin & high)
+    if "channel" in tx.columns:
+        actions["app_orders"] = _occurrences(oc, ooff, owin & buy_order & o["order_app"])
+    actions["return_orders"] = _occurrences(oc, ooff, owin & (o["order_amount"] < 0))
+    sources = {a: "transactions" for a in actions}
+    if ev is not None and len(ev):
+        ec = _event_codes(ev, o["ids"])
+        known = ec >= 0
+        ec = np.where(known, ec, 0)
+        eoff, ewin = locate(ec, ev["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64))
+        ewin &= known
+        kind, names = pd.factorize(ev["event"].iloc[np.flatnonzero(ewin)], sort=True)
+        wc, woff = ec[ewin], eoff[ewin]
+        for k, name in enumerate(names):
+            label = f"event:{name}" if name in actions else str(name)
+            actions[label] = _occurrences(wc, woff, kind == k)
+            sources[label] = "events"
+    return actions, sources
+
+
+def action_column(action: str, days: int) -> str:
+    """The feature column holding a customer's count of `action` within `days` days of the first purchase."""
+    return f"aha_{action}_first_{int(days)}d"
+
+
+def action_counts(transactions: pd.DataFrame, events: pd.DataFrame | None,
+                  actions: tuple[tuple[str, int], ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per customer, occurrences of each (action, days) within `days` days of the first purchase.
+
+    The point-in-time features of the policy's Aha message (`FeatureParams.aha_actions`): rows must already be cut
+    at as-of. Returns the sorted customer ids of `transactions` and, per `action_column`, the counts (NaN for
+    customers without a purchase; 0 for actions that do not occur in the data).
+    """
+    if transactions.empty:
+        return np.zeros(0, dtype=object), {action_column(a, d): np.zeros(0) for a, d in actions}
+    o = _orders(transactions)
+    first, _ = _first_and_gap(o, len(o["ids"]))
+    found, _ = action_occurrences(transactions, events, o, first, float(max(d for _, d in actions)))
+    bought = first < np.iinfo(np.int64).max
+    out = {}
+    for action, days in actions:
+        idx, off = found.get(action, (np.zeros(0, np.int64), np.zeros(0)))
+        out[action_column(action, days)] = np.where(bought, np.bincount(idx[off <= days], minlength=len(bought)),
+                                                    np.nan)
+    return o["ids"], out
+
+
 def build_cohort(transactions: pd.DataFrame, events: pd.DataFrame, as_of: pd.Timestamp,
                  windows: tuple[int, ...] = WINDOWS, horizon_days: int = 90) -> Cohort:
     """Select the cohort and collect every action occurrence within `max(windows)` days of the first purchase.
@@ -160,57 +249,20 @@ def build_cohort(transactions: pd.DataFrame, events: pd.DataFrame, as_of: pd.Tim
                          f"{as_of.date()} (first purchase on or before {pd.Timestamp(cutoff).date()}, i.e. "
                          f"{max(windows)} + {horizon_days} days earlier); need at least {MIN_COHORT}")
     pos = np.cumsum(member) - 1  # customer code -> cohort index
-    first = first_all[member]
-    d_max = float(max(windows))
-
-    def locate(codes: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        inside = member[codes]
-        ci = np.where(inside, pos[codes], 0)
-        off = np.where(inside, (ts - first[ci]) / DAY_NS, np.nan)
-        return ci, off, inside & (off >= 0) & (off <= d_max)
-
-    actions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    sources: dict[str, str] = {}
-    buy_order = o["order_amount"] > 0
-    oc, ooff, owin = locate(o["order_cust"], o["order_ts"])
-    line_ok = buy_order[o["line_order"]] & (o["amount"] > 0)
-    lc, loff, lwin = locate(o["cust"], o["ts"])
-    lwin &= line_ok
-    if "category" in tx.columns:
-        cat = pd.factorize(tx["category"].iloc[np.flatnonzero(lwin)])[0]
-        keep = cat >= 0
-        pair = pd.DataFrame({"c": lc[lwin][keep], "k": cat[keep], "off": loff[lwin][keep]})
-        firsts = pair.groupby(["c", "k"], sort=False)["off"].min().reset_index()
-        actions["purchase_categories"] = (firsts["c"].to_numpy(np.int64), firsts["off"].to_numpy(float))
-    if o["margin"] is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            high = o["margin"] / o["amount"] >= HIGH_MARGIN_RATE
-        actions["high_margin_lines"] = _occurrences(lc, loff, lwin & high)
-    if "channel" in tx.columns:
-        actions["app_orders"] = _occurrences(oc, ooff, owin & buy_order & o["order_app"])
-    actions["return_orders"] = _occurrences(oc, ooff, owin & (o["order_amount"] < 0))
-    sources.update({a: "transactions" for a in actions})
-    later = member[o["order_cust"]] & (ooff > 0)
-    later_orders = (oc[later], ooff[later], o["order_value"][later])
-    at_first = owin & buy_order & (ooff == 0)
-    first_value = np.bincount(oc[at_first], o["order_value"][at_first], n)
-
-    ev_codes, ev_uniques = pd.factorize(ev["customer_id"])
-    to_cust = pd.Index(o["ids"]).get_indexer(np.asarray(ev_uniques, dtype=str))
-    ecode = to_cust[ev_codes]
-    known = ecode >= 0
+    first = np.where(member, first_all, np.iinfo(np.int64).max)
+    found, sources = action_occurrences(tx, ev, o, first, float(max(windows)))
+    actions = {a: (pos[c], off) for a, (c, off) in found.items()}  # only members have occurrences
+    oc = o["order_cust"]
+    ooff = np.where(member[oc], (o["order_ts"] - first_all[oc]) / DAY_NS, np.nan)
+    later = ooff > 0
+    later_orders = (pos[oc[later]], ooff[later], o["order_value"][later])
+    at_first = (ooff == 0) & (o["order_amount"] > 0)
+    first_value = np.bincount(pos[oc[at_first]], o["order_value"][at_first], n)
+    ec = _event_codes(ev, o["ids"])
     ets = ev["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    ec, eoff, ewin = locate(np.where(known, ecode, 0), ets)
-    ewin &= known
-    prior = known & member[np.where(known, ecode, 0)] & (eoff < 0)
-    prior_events = np.bincount(ec[prior], minlength=n)
-    kind, names = pd.factorize(ev["event"].iloc[np.flatnonzero(ewin)], sort=True)
-    wc, woff = ec[ewin], eoff[ewin]
-    for k, name in enumerate(names):
-        label = f"event:{name}" if name in actions else str(name)
-        actions[label] = _occurrences(wc, woff, kind == k)
-        sources[label] = "events"
-    return Cohort(ids=o["ids"][member], first_ns=first, gap_days=gap_all[member], first_value=first_value,
+    prior = (ec >= 0) & member[np.maximum(ec, 0)] & (ets < first_all[np.maximum(ec, 0)])
+    prior_events = np.bincount(pos[ec[prior]], minlength=n)
+    return Cohort(ids=o["ids"][member], first_ns=first_all[member], gap_days=gap_all[member], first_value=first_value,
                   prior_events=prior_events, windows=tuple(windows), horizon_days=horizon_days, actions=actions,
                   sources=sources, later_orders=later_orders, value_basis=o["value_basis"],
                   buyers_first_ns=first_all[buyer], buyers_gap_days=gap_all[buyer], as_of=as_of)

@@ -9,6 +9,16 @@ Rules, first match wins:
 - `new`: exactly one order, within `new_days`;
 - `loyal`: at least `loyal_orders` orders, or a referral/review (ambassador behaviour) with 2+ orders;
 - `repeat`: everyone else with 2+ orders.
+
+Moments that matter (`moment_triggers`), emitted for automation systems when they happened within the last
+`lookback_days` before as-of (default 1: since the previous nightly run):
+- `opt_in`: a `newsletter_optin` event;
+- `first_communication`: the customer was first seen (first transaction or event) and has not been contacted since;
+- `first_purchase`: the first purchase; `repeat_purchase`: any further purchase;
+- `reactivated`: a purchase after a gap longer than `new_days` (the customer had been at risk or lapsed);
+- `reactivation_due`: the customer has just become `at_risk` or `lapsed` by the rules above (no purchase since);
+- `became_loyal`: the `loyal_orders`-th purchase; `first_advocacy`: the first referral or review (the way to
+  brand ambassador).
 """
 from __future__ import annotations
 
@@ -17,9 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["STAGES", "StageRules", "lifecycle_stage"]
+__all__ = ["STAGES", "TRIGGERS", "TRIGGER_COLUMNS", "StageRules", "lifecycle_stage", "moment_triggers"]
 
 STAGES: tuple[str, ...] = ("prospect", "new", "repeat", "loyal", "at_risk", "lapsed")
+TRIGGERS: tuple[str, ...] = ("opt_in", "first_communication", "first_purchase", "repeat_purchase", "reactivated",
+                             "reactivation_due", "became_loyal", "first_advocacy")
+TRIGGER_COLUMNS: tuple[str, ...] = ("n_orders", "recency_days", "tenure_days", "recency_over_gap", "gap_mean_days",
+                                    "last_gap_days", "n_referral", "n_review", "days_since_first_seen",
+                                    "days_since_optin", "days_since_first_advocacy")
 
 
 @dataclass(frozen=True)
@@ -51,3 +66,43 @@ def lifecycle_stage(features: pd.DataFrame, p_purchase: np.ndarray | None = None
         default="repeat",
     )
     return pd.Series(stage, index=features.index, name="lifecycle_stage")
+
+
+def moment_triggers(features: pd.DataFrame, lookback_days: float = 1.0, contacted: np.ndarray | None = None,
+                    rules: StageRules = StageRules()) -> np.ndarray:
+    """The moments that matter of each row within the last `lookback_days` (see the module doc), comma-separated.
+
+    Args:
+        features: rows with the columns of `TRIGGER_COLUMNS`.
+        lookback_days: how far back a moment counts (the time since the previous run).
+        contacted: per row, whether the customer was contacted since first seen (None: nobody was).
+        rules: the stage thresholds.
+
+    Returns:
+        An object array: the triggers in `TRIGGERS` order joined by ",", or None where there is none.
+    """
+    def col(name: str) -> np.ndarray:
+        return features[name].to_numpy(dtype=float) if name in features.columns else np.full(len(features), np.nan)
+
+    n, rec = col("n_orders"), col("recency_days")
+    recent = rec <= lookback_days
+    quiet = rec > lookback_days  # no purchase within the lookback: the stage a lookback ago follows from recency
+    now = pd.DataFrame({c: col(c) for c in ("n_orders", "recency_days", "recency_over_gap", "n_referral", "n_review")})
+    before = now.assign(recency_days=rec - lookback_days, recency_over_gap=(rec - lookback_days) / col("gap_mean_days"))
+    stage, earlier = lifecycle_stage(now, rules=rules).to_numpy(), lifecycle_stage(before, rules=rules).to_numpy()
+    fired = {
+        "opt_in": col("days_since_optin") <= lookback_days,
+        "first_communication": (col("days_since_first_seen") <= lookback_days) & (
+            True if contacted is None else ~np.asarray(contacted, bool)),
+        "first_purchase": col("tenure_days") <= lookback_days,
+        "repeat_purchase": (n >= 2) & recent,
+        "reactivated": (n >= 2) & recent & (col("last_gap_days") > rules.new_days),
+        "reactivation_due": quiet & np.isin(stage, ("at_risk", "lapsed")) & (stage != earlier),
+        "became_loyal": (n == rules.loyal_orders) & recent,
+        "first_advocacy": col("days_since_first_advocacy") <= lookback_days,
+    }
+    out = np.full(len(features), None, dtype=object)
+    hit = np.column_stack([fired[t] for t in TRIGGERS]) if len(features) else np.zeros((0, len(TRIGGERS)), bool)
+    for i in np.flatnonzero(hit.any(axis=1)):
+        out[i] = ",".join(t for t, h in zip(TRIGGERS, hit[i]) if h)
+    return out

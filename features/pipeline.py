@@ -28,6 +28,9 @@ class FeatureParams:
 
     high_margin_rate: float = 0.4
     stage_rules: StageRules = field(default_factory=StageRules)
+    aha_actions: tuple[tuple[str, int], ...] = ()
+    """(action, days) pairs of Aha rules (`features.aha`): each adds the column `aha.action_column(action, days)`,
+    the customer's count of the action within `days` days of the first purchase (the policy's Aha message)."""
 
 
 def _ns(ts: pd.Series) -> np.ndarray:
@@ -143,6 +146,7 @@ def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
     recency = (as_of_ns - _take(ts.astype(float), last)) / DAY_NS
     tenure = (as_of_ns - _take(ts.astype(float), first)) / DAY_NS
     second = np.where((first >= 0) & (n_orders >= 2), first + 1, -1)
+    before_last = np.where((last >= 0) & (n_orders >= 2), last - 1, -1)
     ret = orders["amount"].to_numpy() < 0
     oc = orders["cust"].to_numpy()
     out = {
@@ -163,12 +167,14 @@ def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
         out[f"orders_{w}d"] = np.bincount(c[recent], minlength=n)
     out["spend_trend_90d"] = _ratio(out["spend_90d"], out["spend_365d"] * 90 / 365)
     out["days_first_to_second"] = (_take(ts.astype(float), second) - _take(ts.astype(float), first)) / DAY_NS
+    out["last_gap_days"] = (_take(ts.astype(float), last) - _take(ts.astype(float), before_last)) / DAY_NS
     out["n_return_orders"] = np.bincount(oc[ret], minlength=n)
     returned = -np.bincount(oc[ret], orders["amount"].to_numpy()[ret], n) + 0.0
     out["return_share"] = _ratio(returned, np.bincount(c, amt, n))
     first_idx = buy.index.to_numpy()
     out["_first_order"] = np.where(first >= 0, first_idx[np.maximum(first, 0)], -1) if len(first_idx) else first
     out["_first_ts"] = _take(ts.astype(float), first)
+    out["_first_row_ts"] = _take(orders["ts"].to_numpy().astype(float), _group_first(oc, n))  # returns count too
     return out
 
 
@@ -258,9 +264,35 @@ def _engagement(ev: pd.DataFrame | None, cust: np.ndarray, first_ts: np.ndarray,
     out["events_before_first_purchase"] = np.bincount(cust[~(since_first >= 0)], minlength=n)
     for d in (7, 30, 90):
         out[f"events_last_{d}d"] = np.bincount(cust[ts > as_of_ns - d * DAY_NS], minlength=n)
-    last = pd.Series(ts).groupby(cust).max().reindex(range(n)).to_numpy()
-    out["days_since_last_event"] = (as_of_ns - last) / DAY_NS
+    by_customer = pd.Series(ts).groupby(cust)
+    out["days_since_last_event"] = (as_of_ns - by_customer.max().reindex(range(n)).to_numpy()) / DAY_NS
+    out["_first_event_ts"] = by_customer.min().reindex(range(n)).to_numpy()
+    optin = kind == index["newsletter_optin"]
+    out["days_since_optin"] = (as_of_ns - _per_customer(np.maximum, cust[optin], ts[optin], n)) / DAY_NS
+    advocacy = (kind == index["referral"]) | (kind == index["review"])
+    out["days_since_first_advocacy"] = (as_of_ns - _per_customer(np.minimum, cust[advocacy], ts[advocacy], n)) / DAY_NS
     return out
+
+
+def _per_customer(ufunc: np.ufunc, cust: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """`ufunc` (np.minimum or np.maximum) of `values` per customer; NaN for customers without a value."""
+    out = np.full(n, np.nan)
+    if len(cust):
+        seen = np.zeros(n, bool)
+        seen[cust] = True
+        out[seen] = -np.inf if ufunc is np.maximum else np.inf
+        ufunc.at(out, cust, values)
+    return out
+
+
+def _aha_counts(tx: pd.DataFrame, ev: pd.DataFrame | None, ids: np.ndarray,
+                actions: tuple[tuple[str, int], ...]) -> dict[str, np.ndarray]:
+    """The Aha-rule counts of `features.aha.action_counts`, aligned with `ids` (NaN without a purchase)."""
+    from features.aha import action_counts
+
+    own, counts = action_counts(tx, ev, actions)
+    pos = pd.Index(own).get_indexer(ids)
+    return {name: _take(values, pos) for name, values in counts.items()}
 
 
 def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -306,10 +338,11 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     n = len(ids)
     orders, line_order = order_table(tx, cust)
     feats = _rfm(orders, n, as_of_ns)
-    first_order, first_ts = feats.pop("_first_order"), feats.pop("_first_ts")
+    first_order, first_ts, first_row = feats.pop("_first_order"), feats.pop("_first_ts"), feats.pop("_first_row_ts")
     feats.update(_first_order_and_kpa(tx, cust, orders, line_order, first_order, n, params))
     ev_cust = rest[0] if ev is not None else None
     feats.update(_engagement(ev, ev_cust, first_ts, n, as_of_ns))
+    feats["days_since_first_seen"] = (as_of_ns - np.fmin(first_row, feats.pop("_first_event_ts"))) / DAY_NS
     df = pd.DataFrame({name: feats[name] for name in FEATURE_DOCS if name in feats})
     for col in df.columns:
         if df[col].dtype.kind in "iub":
@@ -317,4 +350,5 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     df["lifecycle_stage"] = lifecycle_stage(df, rules=params.stage_rules)
     df.insert(0, "customer_id", pd.array(ids, dtype="str"))
     df.insert(1, "as_of", pd.Series(as_of, index=df.index).astype("datetime64[ns]"))
-    return pd.concat([df, _attributes(customers, ids, as_of)], axis=1)
+    aha = pd.DataFrame(_aha_counts(tx, ev, ids, params.aha_actions) if params.aha_actions else {}, index=df.index)
+    return pd.concat([df, aha, _attributes(customers, ids, as_of)], axis=1)

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.aha import action_column
 from features.errors import InputError
+from features.pipeline import FeatureParams
 
 __all__ = [
     "SparkInputs",
@@ -228,7 +230,7 @@ def _attr_types(inputs: SparkInputs) -> dict[str, str]:
     return out
 
 
-def feature_schema(inputs: SparkInputs):
+def feature_schema(inputs: SparkInputs, params: FeatureParams = FeatureParams()):
     """The declared output schema of `build_features` on these inputs (and the attr column types)."""
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
@@ -239,6 +241,7 @@ def feature_schema(inputs: SparkInputs):
     fields += [StructField(n, StringType() if n in text else DoubleType()) for n in FEATURE_DOCS]
     if "lifecycle_stage" not in FEATURE_DOCS:
         fields.append(StructField("lifecycle_stage", StringType()))
+    fields += [StructField(action_column(a, d), DoubleType()) for a, d in params.aha_actions]
     attrs = _attr_types(inputs)
     fields += [StructField(n, StringType() if t == "string" else DoubleType()) for n, t in attrs.items()]
     return StructType(fields), attrs
@@ -291,7 +294,8 @@ def _fix_attrs(feats: pd.DataFrame, customers: pd.DataFrame | None, attrs: dict[
     return feats
 
 
-def features_udf(as_of: pd.Timestamp, inputs: SparkInputs, schema, attrs: dict[str, str]):
+def features_udf(as_of: pd.Timestamp, inputs: SparkInputs, schema, attrs: dict[str, str],
+                 params: FeatureParams = FeatureParams()):
     """The function applied to each customer group: split, validate, `build_features`."""
     columns, sources, nanos = dict(inputs.columns), dict(inputs.sources), dict(inputs.nanos)
     names = [f.name for f in schema.fields]
@@ -304,20 +308,21 @@ def features_udf(as_of: pd.Timestamp, inputs: SparkInputs, schema, attrs: dict[s
             t["transactions"] = pd.DataFrame({"customer_id": pd.Series([], dtype="str"),
                                               "timestamp": pd.Series([], dtype="datetime64[ns]"),
                                               "amount": pd.Series([], dtype="float64")})
-        feats = build_features(t["transactions"], as_of, t["events"], t["customers"])
+        feats = build_features(t["transactions"], as_of, t["events"], t["customers"], params)
         feats = _fix_attrs(feats, t["customers"], attrs)
         return to_spark(feats[names])
 
     return fn
 
 
-def build_features_spark(spark, inputs: SparkInputs, as_of: pd.Timestamp, partitions: int | None = None):
+def build_features_spark(spark, inputs: SparkInputs, as_of: pd.Timestamp, partitions: int | None = None,
+                         params: FeatureParams = FeatureParams()):
     """The features of all customers as a Spark frame (one group per partition key; rows unsorted)."""
     partitions = partitions or max(spark.sparkContext.defaultParallelism * 4, 8)
     spark.conf.set("spark.sql.shuffle.partitions", str(partitions))  # one shuffle partition per customer group
-    schema, attrs = feature_schema(inputs)
+    schema, attrs = feature_schema(inputs, params)
     union = _union(inputs, partitions)
-    return union.groupBy(KEY).applyInPandas(features_udf(as_of, inputs, schema, attrs), schema=schema)
+    return union.groupBy(KEY).applyInPandas(features_udf(as_of, inputs, schema, attrs, params), schema=schema)
 
 
 def to_spark(df: pd.DataFrame) -> pd.DataFrame:
@@ -391,11 +396,12 @@ def write_output(sdf, out: str, sort_by: str = "customer_id") -> str:
 
 
 def run_build(transactions: str, as_of: pd.Timestamp, out: str, events: str | None = None,
-              customers: str | None = None, master: str = "local[*]", partitions: int | None = None) -> dict:
+              customers: str | None = None, master: str = "local[*]", partitions: int | None = None,
+              params: FeatureParams = FeatureParams()) -> dict:
     """`features build --engine spark`: read, build per customer group, write; returns counts."""
     spark = spark_session(master)
     inputs = read_inputs(spark, transactions, events, customers)
-    feats = build_features_spark(spark, inputs, as_of, partitions)
+    feats = build_features_spark(spark, inputs, as_of, partitions, params)
     with spark_input_errors():
         path = write_output(feats, out)
         n = feats.count() if path.endswith("/") or not path.endswith(".parquet") else len(pd.read_parquet(path, columns=["customer_id"]))

@@ -28,6 +28,7 @@ FEATURE_DOCS: dict[str, str] = {
     **{f"orders_{w}d": f"purchase orders in the last {w} days" for w in WINDOWS},
     "spend_trend_90d": "spend of the last 90 days over a quarter of the last 365 days (above 1: growing)",
     "days_first_to_second": "days from the first to the second purchase (empty with one order)",
+    "last_gap_days": "days between the last two purchases (a long one: the customer came back after lapsing)",
     "n_return_orders": "orders with a negative net amount (returns, cancellations)",
     "return_share": "returned value over purchased value",
     # first-order traits
@@ -56,9 +57,13 @@ FEATURE_DOCS: dict[str, str] = {
     "events_last_30d": "events in the last 30 days",
     "events_last_90d": "events in the last 90 days",
     "days_since_last_event": "days from the last event to as-of",
+    "days_since_first_seen": "days from the customer's first row (transaction or event) to as-of",
+    "days_since_optin": "days from the last 'newsletter_optin' event to as-of",
+    "days_since_first_advocacy": "days from the first referral or review to as-of",
     # lifecycle
     "lifecycle_stage": "stage as of the date, by the rules of features.lifecycle (categorical)",
 }
-"""Name -> description; static attributes of the customers table follow as `attr_<column>`."""
+"""Name -> description; static attributes of the customers table follow as `attr_<column>`, and with
+`FeatureParams.aha_actions` the Aha-rule counts `aha_<action>_first_<d>d` (not model inputs)."""
 
 CATEGORICAL: tuple[str, ...] = ("first_order_channel", "lifecycle_stage")

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--budget", type=float, help="total contact cost of this run (highest priority first)")
     b.add_argument("--partition-by-date", action="store_true", help="write OUT/as_of=YYYY-MM-DD/scores.parquet")
     b.add_argument("--policy", help="policy YAML (default: serving/policy.yaml)")
+    b.add_argument("--aha-rules", help="aha_rules.csv of `features aha`: new customers' message is the top Aha action "
+                   "not reached yet (default: the policy's aha.rules)")
     b.add_argument("--reasons", choices=["all", "nudged", "none"], default="nudged",
                    help="whose top drivers to compute (a few ms per customer); the policy's reason is always given")
     b.add_argument("--no-record", dest="record", action="store_false",
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model-uri", default=DEFAULT_MODEL)
     s.add_argument("--features", help="feature snapshot answering requests by customer_id (features build output)")
     s.add_argument("--policy", help="policy YAML (default: serving/policy.yaml)")
+    s.add_argument("--aha-rules", help="aha_rules.csv of `features aha` (default: the policy's aha.rules)")
     t = sub.add_parser("top", help="print the customers to nudge first from a scores file")
     t.add_argument("--scores", required=True)
     t.add_argument("--n", type=int, default=10)
@@ -73,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         from serving.snapshot import check_snapshot
 
         check_snapshot(args.features)
-    load_policy(args.policy)
+    load_policy(args.policy, args.aha_rules)
     configure()
     uri, version = resolve_model_uri(args.model_uri)
     root = Path(__file__).resolve().parent.parent
@@ -82,7 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
                [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.setdefault("BENTOML_HOME", str(Path.cwd() / ".venv" / "bentoml"))
     env.setdefault("KAIROS_CONTACT_DB", f"sqlite:///{Path.cwd() / 'mlruns' / 'contacts.db'}")
-    for key, value in (("KAIROS_FEATURES", args.features), ("KAIROS_POLICY", args.policy)):
+    for key, value in (("KAIROS_FEATURES", args.features), ("KAIROS_POLICY", args.policy),
+                       ("KAIROS_AHA_RULES", args.aha_rules)):
         if value:
             env[key] = str(Path(value).resolve())
     print(f"serving model version {version} ({uri}) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
@@ -101,6 +105,9 @@ def _top(args: argparse.Namespace) -> int:
     nudge = scores.loc[scores["action"] == "nudge"].sort_values("priority", ascending=False)
     print(f"{len(nudge):,} of {len(scores):,} customers to nudge as of {scores['as_of'].iloc[0]}; "
           f"decisions: {scores['action'].value_counts().to_dict()}")
+    if "triggers" in scores.columns:
+        moments = scores["triggers"].dropna().str.split(",").explode().value_counts()
+        print(f"moments that matter today: {moments.to_dict() or 'none'}")
     cols = ["customer_id", "lifecycle_stage", "p_purchase", "expected_value", "channel", "message", "priority"]
     with pd.option_context("display.width", 160, "display.max_colwidth", 40):
         print(nudge[cols].head(args.n).to_string(index=False, float_format=lambda v: f"{v:.3f}"))

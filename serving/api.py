@@ -115,11 +115,12 @@ class Scorer:
                 "p_second_purchase": _json_value(cols["p_second_purchase"][i]),
                 "expected_value": _json_value(cols["expected_value"][i]), "action": dec["action"][i],
                 "channel": dec["channel"][i], "message": dec["message"][i],
-                "priority": _json_value(dec["priority"][i]), "reasons": reasons, "model_version": self.version})
+                "priority": _json_value(dec["priority"][i]), "reasons": reasons, "model_version": self.version,
+                "triggers": dec["triggers"][i]})
         return out
 
     def _raw(self, item: CustomerIn, now: pd.Timestamp, with_reasons: bool) -> dict:
-        from features.pipeline import build_features
+        from features.pipeline import FeatureParams, build_features
         from features.schema import parse_as_of, validate
 
         cid = item.customer_id
@@ -137,9 +138,10 @@ class Scorer:
         ev = validate(pd.DataFrame(evs), "events", f"{cid}.events") if evs else None
         cu = validate(pd.DataFrame([{**(item.attributes or {}), "customer_id": cid}]), "customers") \
             if item.attributes else None
-        feats = build_features(tx, as_of, ev, cu)
+        params = FeatureParams(aha_actions=self.config.aha_actions)
+        feats = build_features(tx, as_of, ev, cu, params)
         if feats.empty:
-            feats = build_features(tx, as_of, ev, pd.DataFrame({"customer_id": [cid]}))
+            feats = build_features(tx, as_of, ev, pd.DataFrame({"customer_id": [cid]}), params)
         scores = self.model.predict(feats)
         cols = {c: feats[c].to_numpy() for c in self.columns if c in feats.columns}
         cols.update({c: scores[c].to_numpy(dtype=float)

@@ -29,6 +29,7 @@ class BatchOptions:
     budget: float | None = None
     partition_by_date: bool = False
     policy: str | None = None
+    aha_rules: str | None = None
     reasons: str = "nudged"
     record: bool = True
     features_out: str | None = None
@@ -48,7 +49,7 @@ def run_batch(opt: BatchOptions) -> dict:
     """Run the batch; returns a summary (path, counts, model version, fingerprint, seconds)."""
     from features.errors import InputError
     from features.io import write_parquet
-    from features.pipeline import build_features
+    from features.pipeline import FeatureParams, build_features
     from features.schema import load, parse_as_of
     from serving.contact_log import ContactLog
     from serving.policy import load_policy, resolve_timing
@@ -60,7 +61,7 @@ def run_batch(opt: BatchOptions) -> dict:
     out = output_path(opt.out, as_of, opt.partition_by_date)
     if out.is_dir():
         raise InputError(f"--out {out}: is a directory (use --partition-by-date to write into a directory)")
-    config = load_policy(opt.policy)
+    config = load_policy(opt.policy, opt.aha_rules)
     if opt.budget is not None:
         if opt.budget < 0:
             raise InputError(f"--budget {opt.budget}: must not be negative")
@@ -69,7 +70,8 @@ def run_batch(opt: BatchOptions) -> dict:
     inputs = Inputs(load("transactions", opt.transactions), load("events", opt.events), load("customers", opt.customers))
     _say(f"building features for {inputs.transactions['customer_id'].nunique():,} customers "
          f"from {len(inputs.transactions):,} lines")
-    feats = build_features(inputs.transactions, as_of, inputs.events, inputs.customers)
+    feats = build_features(inputs.transactions, as_of, inputs.events, inputs.customers,
+                           FeatureParams(aha_actions=config.aha_actions))
     if feats.empty:
         raise InputError(f"{opt.transactions}: no customer is known by --as-of {opt.as_of}")
     _say(f"loading model {opt.model_uri}")

@@ -8,6 +8,11 @@ uplift for every eligible message and channel (`reasons` says "learned uplift");
 documented reason: no message for the stage, too early after the first purchase, expected value below the minimum,
 cooldown, frequency cap, a nudge after the score was computed (a customer who did not react is re-scored before the
 next nudge), cost above the incremental value, or the batch budget (spent highest priority first).
+
+A message marked `aha: true` (the second-purchase nudge by default) carries, for each customer, the top Aha action
+(`aha_rules.csv` of `python -m features aha`, significant positive rules only, best first) the customer has not
+reached yet: its `message` is then `aha_<action>` and its reason names the rule. The moments that matter
+(`features.lifecycle.moment_triggers`) come with every decision as `triggers`.
 """
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from features.aha_rules import AhaRule, load_aha_rules, rule_actions
 from features.errors import InputError
+from features.lifecycle import TRIGGER_COLUMNS, moment_triggers
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -50,6 +57,7 @@ class Message:
     feature: str | None = None
     below: float | None = None
     at_least: float | None = None
+    aha: bool = False  # the message pushes the top Aha action not reached yet, when there is one
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,13 @@ class PolicyConfig:
     min_expected_value: float = 0.0
     budget: float | None = None
     timing: dict = field(default_factory=dict)  # the data behind an "auto" delay, for reports
+    aha_rules: tuple[AhaRule, ...] = ()
+    trigger_lookback_days: float = 1.0
+
+    @property
+    def aha_actions(self) -> tuple[tuple[str, int], ...]:
+        """The (action, days) pairs whose counts the features must carry (`FeatureParams.aha_actions`)."""
+        return rule_actions(self.aha_rules)
 
     @property
     def delay_days(self) -> float:
@@ -75,8 +90,11 @@ class PolicyConfig:
         return self.fallback_delay_days if self.new_customer_delay_days is None else self.new_customer_delay_days
 
 
-def load_policy(path: str | Path | None = None) -> PolicyConfig:
-    """Read a policy YAML file (default: serving/policy.yaml); InputError names the file and the bad key."""
+def load_policy(path: str | Path | None = None, aha_rules: str | Path | None = None) -> PolicyConfig:
+    """Read a policy YAML file (default: serving/policy.yaml); InputError names the file and the bad key.
+
+    `aha_rules` (an aha_rules.csv) replaces the file's `aha.rules`.
+    """
     path = Path(path or DEFAULT_POLICY)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -92,16 +110,21 @@ def load_policy(path: str | Path | None = None) -> PolicyConfig:
                 raise InputError(f"{path}: message {name} uses unknown channel(s) {', '.join(sorted(unknown))}")
             messages[name] = Message(name, str(m.get("moment", name)), tuple(m["stages"]),
                                      {c: float(u) for c, u in m["uplift"].items()}, when.get("feature"),
-                                     when.get("below"), when.get("at_least"))
+                                     when.get("below"), when.get("at_least"), bool(m.get("aha", False)))
         timing, contacts = raw.get("timing") or {}, raw.get("contacts") or {}
         delay = timing.get("new_customer_delay_days", "auto")
+        aha = raw.get("aha") or {}
+        rules_path = aha_rules or aha.get("rules")
+        rules = load_aha_rules(rules_path, int(aha.get("max_rules", 3))) if rules_path else ()
+        lookback = float((raw.get("triggers") or {}).get("lookback_days", 1))
         return PolicyConfig(
             channels, messages, None if delay in (None, "auto") else float(delay),
             float(timing.get("auto_quantile", 0.25)), float(timing.get("fallback_delay_days", 7)),
             float(contacts.get("cooldown_days", 14)), int(contacts.get("max_contacts", 3)),
             float(contacts.get("cap_window_days", 90)), float(contacts.get("response_decay", 0.5)),
             float(raw.get("min_expected_value") or 0.0),
-            None if raw.get("budget") is None else float(raw["budget"]))
+            None if raw.get("budget") is None else float(raw["budget"]), aha_rules=rules,
+            trigger_lookback_days=lookback)
     except InputError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -135,7 +158,9 @@ def resolve_timing(config: PolicyConfig, features: pd.DataFrame | None) -> Polic
 def required_columns(config: PolicyConfig) -> list[str]:
     """The score and feature columns that `decide` reads."""
     base = ["customer_id", "as_of", "n_orders", "lifecycle_stage", "expected_value", "tenure_days", "recency_days"]
-    return base + sorted({m.feature for m in config.messages.values() if m.feature and m.feature not in base})
+    extra = {m.feature for m in config.messages.values() if m.feature} | set(TRIGGER_COLUMNS)
+    extra |= {r.column for r in config.aha_rules}
+    return base + sorted(extra - set(base))
 
 
 def contact_summary(n: int, pos: np.ndarray, ts_ns: np.ndarray, last_purchase_ns: np.ndarray, now_ns: int,
@@ -224,13 +249,34 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
     msg = np.array([m.name for m, _, _ in pairs] or [""], dtype=object)[best]
     chan = np.array([ch for _, ch, _ in pairs] or [""], dtype=object)[best]
     ups = np.where(has_learned, learned, np.array([up for _, _, up in pairs] or [0.0])[best])
+    aha_rows, aha_rule = _aha_choice(cols, config, np.array([m.aha for m, _, _ in pairs] or [False])[best] & has)
+    msg[aha_rows] = [f"aha_{config.aha_rules[k].action}" for k in aha_rule[aha_rows]]
     reasons = [_reason(i, hold[i], stage[i], msg[i], chan[i], ups[i], ev[i], decay[i], priority[i], days_first[i],
                        last[i], as_of_ns[i], contacts["contacts_in_window"][i], contacts["unanswered"][i], config,
                        LEARNED_NOTE if has_learned[i] else PRIOR_NOTE)
                for i in range(n)]
+    for i in aha_rows:
+        r = config.aha_rules[aha_rule[i]]
+        reasons[i] += (f"; top Aha action not reached yet: at least {r.min_count} {r.action} within {r.within_days} "
+                       f"days of the first purchase ({np.asarray(cols[r.column], dtype=float)[i]:.0f} so far; "
+                       f"correlational, aha_rules.csv)")
+    first_seen_ns = as_of_ns - np.asarray(cols.get("days_since_first_seen", np.full(n, np.nan)), dtype=float) * DAY_NS
+    triggers = moment_triggers(pd.DataFrame({c: cols[c] for c in TRIGGER_COLUMNS if c in cols}),
+                               config.trigger_lookback_days, contacts["last_contact_ns"] >= first_seen_ns)
     return {"action": np.where(nudge, "nudge", "hold").astype(object),
             "channel": np.where(nudge, chan, None), "message": np.where(nudge, msg, None),
-            "priority": np.where(has, priority, np.nan), "reasons": reasons}
+            "priority": np.where(has, priority, np.nan), "reasons": reasons, "triggers": triggers}
+
+
+def _aha_choice(cols: dict[str, np.ndarray], config: PolicyConfig, aha_message: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose chosen message pushes an Aha action, and per row the first rule not reached yet (best first)."""
+    n = len(aha_message)
+    if not config.aha_rules or not aha_message.any():
+        return np.zeros(0, np.int64), np.zeros(n, np.int64)
+    unmet = np.column_stack([np.asarray(cols[r.column], dtype=float) < r.min_count if r.column in cols
+                             else np.zeros(n, bool) for r in config.aha_rules])  # NaN (unknown): not counted
+    return np.flatnonzero(aha_message & unmet.any(axis=1)), unmet.argmax(axis=1)
 
 
 def _reason(i, code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of_ns, in_window, unanswered,

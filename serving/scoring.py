@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 SCORE_COLUMNS = ["customer_id", "as_of", "n_orders", "lifecycle_stage", "p_purchase", "p_second_purchase",
-                 "expected_value", "action", "channel", "message", "priority", "reasons", "model_version"]
+                 "expected_value", "action", "channel", "message", "priority", "reasons", "model_version", "triggers"]
 
 
 def driver_reasons(model, features: pd.DataFrame, k: int = 3) -> list[str]:
@@ -98,9 +98,9 @@ def score_features(model, features: pd.DataFrame, config: PolicyConfig, history:
         "expected_value": scores["expected_value"].to_numpy(dtype=float),
         "action": dec["action"], "channel": dec["channel"], "message": dec["message"],
         "priority": np.asarray(dec["priority"], dtype=float), "reasons": reasons,
-        "model_version": str(model_version),
+        "model_version": str(model_version), "triggers": dec["triggers"],
     })
-    for c in ("customer_id", "lifecycle_stage", "action", "channel", "message", "reasons", "model_version"):
+    for c in ("customer_id", "lifecycle_stage", "action", "channel", "message", "reasons", "model_version", "triggers"):
         out[c] = out[c].astype("str").where(out[c].notna(), None)
     return out[SCORE_COLUMNS]
 

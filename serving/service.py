@@ -67,7 +67,7 @@ class Kairos:
         t0 = time.perf_counter()
         model_uri = os.environ.get("KAIROS_MODEL_URI", "models:/kairos@champion")
         model, version = load_model(model_uri)
-        config = load_policy(os.environ.get("KAIROS_POLICY"))
+        config = load_policy(os.environ.get("KAIROS_POLICY"), os.environ.get("KAIROS_AHA_RULES"))
         snapshot = None
         if os.environ.get("KAIROS_FEATURES"):
             snapshot = Snapshot.load(os.environ["KAIROS_FEATURES"], model, required_columns(config))

@@ -61,6 +61,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
     from pyspark import StorageLevel
 
     from features.errors import InputError
+    from features.pipeline import FeatureParams
     from features.schema import parse_as_of
     from features.spark_engine import build_features_spark, read_inputs, spark_input_errors, spark_session, write_output
     from serving.batch import _log_run, output_path
@@ -73,14 +74,15 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         out = f"{opt.out.rstrip('/')}/as_of={as_of:%Y-%m-%d}/scores.parquet" if opt.partition_by_date else opt.out
     else:
         out = str(output_path(opt.out, as_of, opt.partition_by_date))
-    config = load_policy(opt.policy)
+    config = load_policy(opt.policy, opt.aha_rules)
     if opt.budget is not None or config.budget is not None:
         raise InputError("--budget is not supported with --engine spark (one greedy pass over all customers); "
                          "run the budgeted batch with --engine pandas")
     spark = spark_session(master)
     _say(f"reading inputs as of {as_of} on {spark.sparkContext.master}")
     inputs = read_inputs(spark, opt.transactions, opt.events, opt.customers)
-    feats = build_features_spark(spark, inputs, as_of, partitions).persist(StorageLevel.MEMORY_AND_DISK)
+    feats = build_features_spark(spark, inputs, as_of, partitions, FeatureParams(aha_actions=config.aha_actions))
+    feats = feats.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with spark_input_errors():
             n = feats.count()

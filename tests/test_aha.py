@@ -1,6 +1,8 @@
 """Aha-moment discovery: planted moment recovered, hand-computed metrics, row-order invariance, CLI end to end."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -113,7 +115,7 @@ def test_results_do_not_change_when_rows_are_reordered(world):
 
 
 def _retail_files(tmp_path):
-    tables = adapt("online_retail", "tests/data/online_retail_ii_sample.csv")
+    tables = adapt("online_retail", Path(__file__).parent / "data" / "online_retail_ii_sample.csv")
     tx = validate(tables["transactions"], "transactions")
     tx_path = tmp_path / "transactions.csv"
     tx.to_csv(tx_path, index=False)

@@ -6,11 +6,13 @@ import pandas as pd
 import pytest
 
 from features.labels import build_labels, rolling_cutoffs, training_frame
-from features.pipeline import build_features
+from features.pipeline import FeatureParams, build_features
 from features.schema import parse_as_of, validate
 from features.spec import FEATURE_DOCS
 
 AS_OF = parse_as_of("2024-03-31")
+AHA = FeatureParams(aha_actions=(("app_session", 7), ("purchase_categories", 3), ("return_orders", 30)))
+"""Parameters that add Aha-rule count columns, so that the invariance tests cover them too."""
 
 
 @pytest.fixture
@@ -53,6 +55,21 @@ def test_features_of_hand_made_customers(hand_made):
     assert c["n_orders"] == 0 and c["net_spend_total"] == -8.0 and c["lifecycle_stage"] == "prospect"
     assert d["n_orders"] == 0 and d["n_newsletter_optin"] == 1 and d["n_app_session"] == 0
     assert set(FEATURE_DOCS) <= set(f.columns) and len(FEATURE_DOCS) >= 30
+    assert a["last_gap_days"] == pytest.approx(80 + 14 / 24)      # 2024-01-11 09:00 -> 2024-03-31 23:00
+    assert a["days_since_first_advocacy"] == pytest.approx(71 + 1 - 1e-9 / 86_400, abs=1e-6)  # review 2024-01-20
+    assert b["days_since_optin"] == pytest.approx(72, abs=1e-6) and np.isnan(a["days_since_optin"])
+    assert b["days_since_first_seen"] == pytest.approx(72, abs=1e-6)  # the opt-in came before the first purchase
+    assert c["days_since_first_seen"] == pytest.approx(50.5, abs=1e-6)  # a return is a row too
+    assert not any(col.startswith("aha_") for col in f.columns)
+
+
+def test_aha_rule_counts_of_hand_made_customers(hand_made):
+    f = build_features(hand_made["transactions"], AS_OF, hand_made["events"], params=AHA).set_index("customer_id")
+    assert f.loc["A", "aha_app_session_first_7d"] == 2                # day 1 and day 4 after the first purchase
+    assert f.loc["A", "aha_purchase_categories_first_3d"] == 2        # x and y in the first order; z came later
+    assert f.loc["A", "aha_return_orders_first_30d"] == 1
+    assert f.loc["B", "aha_app_session_first_7d"] == 0                # an opt-in before the first purchase: no count
+    assert f.loc[["C", "D"], "aha_app_session_first_7d"].isna().all()  # no purchase: unknown, not zero
 
 
 def test_labels_of_hand_made_customers(hand_made):
@@ -82,10 +99,11 @@ def _future_noise(tx: pd.DataFrame, cutoff: pd.Timestamp, seed: int) -> pd.DataF
 def test_rows_after_the_cutoff_change_no_feature(history):
     tx, ev, cu = history["transactions"], history["events"], history["customers"]
     cutoff = parse_as_of("2024-01-15")
-    before = build_features(tx, cutoff, ev, cu)
+    before = build_features(tx, cutoff, ev, cu, AHA)
     noisy_tx = pd.concat([tx, _future_noise(tx, cutoff, 1)], ignore_index=True)
     future_ev = ev.assign(timestamp=cutoff + pd.Timedelta(days=3))
-    after = build_features(noisy_tx, cutoff, pd.concat([ev, future_ev], ignore_index=True), cu)
+    after = build_features(noisy_tx, cutoff, pd.concat([ev, future_ev], ignore_index=True), cu, AHA)
+    assert before.filter(like="aha_").notna().any().all()
     pd.testing.assert_frame_equal(before, after)
 
 
@@ -99,12 +117,13 @@ def test_row_order_does_not_change_features(history):
 def test_any_customer_partition_gives_the_same_rows(history):
     tx, ev, cu = history["transactions"], history["events"], history["customers"]
     cutoff = parse_as_of("2024-06-30")
-    full = build_features(tx, cutoff, ev, cu)
+    full = build_features(tx, cutoff, ev, cu, AHA)
     part = np.array([hash(c) % 3 for c in full["customer_id"]])
     pieces = []
     for k in range(3):
         ids = set(full["customer_id"][part == k])
-        pieces.append(build_features(tx[tx.customer_id.isin(ids)], cutoff, ev[ev.customer_id.isin(ids)], cu[cu.customer_id.isin(ids)]))
+        pieces.append(build_features(tx[tx.customer_id.isin(ids)], cutoff, ev[ev.customer_id.isin(ids)],
+                                     cu[cu.customer_id.isin(ids)], AHA))
     stacked = pd.concat(pieces).sort_values("customer_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(full, stacked, check_dtype=False)
 

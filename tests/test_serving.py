@@ -202,6 +202,24 @@ def test_batch_budget_and_date_partitions(world, tmp_path):
     assert s["cost"] <= 20.0 and s["nudges"] > 0
 
 
+def test_batch_pushes_the_top_aha_action_and_emits_the_moments_that_matter(world, tmp_path):
+    rules = tmp_path / "aha_rules.csv"
+    pd.DataFrame({"action": ["app_session"], "min_count": [3], "within_days": [7], "lift": [1.7]}).to_csv(rules)
+    batch(world, tmp_path / "s.parquet", aha_rules=str(rules), record=False, features_out=str(tmp_path / "f.parquet"))
+    df = pd.read_parquet(tmp_path / "s.parquet").set_index("customer_id")
+    feats = pd.read_parquet(tmp_path / "f.parquet").set_index("customer_id").loc[df.index]
+    new = df.loc[(df["action"] == "nudge") & (df["lifecycle_stage"] == "new")]
+    below = feats.loc[new.index, "aha_app_session_first_7d"] < 3
+    assert below.any() and (new.loc[below, "message"] == "aha_app_session").all()
+    assert (new.loc[~below, "message"] == "second_purchase_nudge").all()
+    assert new.loc[below, "reasons"].str.contains("top Aha action not reached yet").all()
+    fired = df["triggers"].dropna().str.split(",").explode()
+    assert {"repeat_purchase", "first_communication"} <= set(fired)
+    assert df.loc[feats["recency_days"] <= 1, "triggers"].str.contains("purchase").all()
+    assert df.loc[feats["tenure_days"] <= 1, "triggers"].str.contains("first_purchase").all()
+    assert df.loc[~(feats["days_since_first_seen"] <= 1), "triggers"].fillna("").str.contains("first_comm").sum() == 0
+
+
 def test_batch_bad_input_fails_before_the_model_and_writes_nothing(tmp_path):
     from serving.__main__ import main
 

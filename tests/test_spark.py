@@ -63,6 +63,9 @@ def store(tmp_path_factory):
     for name, df in adapt("online_retail", DATA / "online_retail_ii_sample.csv").items():
         retail[name] = write_parquet(df, d / "retail" / f"{name}.parquet")
     _, version, _ = register_small_champion(w, as_of, "test-spark", n_estimators=30)
+    world["aha_rules"] = d / "aha_rules.csv"  # the world's runs also carry Aha-rule counts and messages
+    pd.DataFrame({"action": ["app_session", "purchase_categories"], "min_count": [3, 2], "within_days": [7, 3],
+                  "lift": [1.7, 1.2]}).to_csv(world["aha_rules"], index=False)
     yield SimpleNamespace(dir=d, world=world, retail=retail, version=version)
     mp.undo()
 
@@ -80,7 +83,7 @@ def test_features_build_spark_equals_pandas(spark, store, data):
     from features.__main__ import main
 
     paths, d = getattr(store, data), store.dir
-    base = [*_inputs(paths), "--as-of", AS_OF]
+    base = [*_inputs(paths), "--as-of", AS_OF, *(["--aha-rules", str(paths["aha_rules"])] if "aha_rules" in paths else [])]
     assert main(["build", *base, "--out", str(d / f"{data}_pandas.parquet")]) == 0
     assert main(["build", *base, "--out", str(d / f"{data}_spark.parquet"), "--engine", "spark",
                  "--spark-master", MASTER, "--partitions", "3"]) == 0
@@ -95,11 +98,13 @@ def test_serving_batch_spark_equals_pandas(spark, store, data):
     paths, d = getattr(store, data), store.dir
     opts = {"transactions": str(paths["transactions"]), "events": str(paths.get("events") or "") or None,
             "customers": str(paths.get("customers") or "") or None, "as_of": AS_OF, "log_mlflow": False,
-            "record": False, "reasons": "all"}
+            "record": False, "reasons": "all", "aha_rules": str(paths["aha_rules"]) if "aha_rules" in paths else None}
     a = run_batch(BatchOptions(out=str(d / f"{data}_scores_pandas.parquet"), **opts))
     b = run_batch_spark(BatchOptions(out=str(d / f"{data}_scores_spark.parquet"), **opts), MASTER, 3)
     assert_same(d / f"{data}_scores_spark.parquet", d / f"{data}_scores_pandas.parquet")
     assert (a["customers"], a["nudges"], a["decisions"]) == (b["customers"], b["nudges"], b["decisions"])
+    if "aha_rules" in paths:
+        assert pd.read_parquet(a["out"])["message"].eq("aha_app_session").any()
 
 
 def test_bad_input_on_spark_is_one_line_and_writes_nothing(spark, tmp_path):

@@ -1,0 +1,93 @@
+"""Moments that matter (lifecycle triggers) and the policy's Aha message, on hand-made customers."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.aha_rules import AhaRule, load_aha_rules
+from features.errors import InputError
+from features.lifecycle import moment_triggers
+from features.pipeline import build_features
+from features.schema import parse_as_of, validate
+from serving.policy import Message, PolicyConfig, decide
+
+AS_OF = parse_as_of("2024-06-30")
+
+
+@pytest.fixture
+def moments() -> pd.DataFrame:
+    """Features as of 2024-06-30 of customers who each lived one moment (or none) on that day."""
+    tx = [("N", "2024-06-30 10:00"),                                     # first purchase today
+          ("O2", "2024-01-05 10:00"),                                    # an old customer who opts in today
+          ("R", "2024-06-01 10:00"), ("R", "2024-06-30 10:00"),          # second purchase today
+          ("X", "2023-12-01 10:00"), ("X", "2024-06-30 10:00"),          # back after 212 days
+          ("Q", "2024-04-01 12:00"),                                     # one order, 90.5 days ago: at risk today
+          *[("L", f"2024-0{m}-15 10:00") for m in range(2, 6)], ("L", "2024-06-30 09:00"),  # fifth order today
+          ("V", "2024-05-01 10:00"), ("V", "2024-06-01 10:00"),          # first review today
+          ("Z", "2024-06-10 10:00")]                                     # nothing happened today
+    tx = pd.DataFrame([(c, t, 20.0, f"{c}{i}") for i, (c, t) in enumerate(tx)],
+                      columns=["customer_id", "timestamp", "amount", "order_id"])
+    ev = pd.DataFrame([("O", "2024-06-30 08:00", "newsletter_optin"), ("O2", "2024-06-30 08:00", "newsletter_optin"),
+                       ("V", "2024-06-30 12:00", "review"), ("Z", "2024-06-12 12:00", "review")],
+                      columns=["customer_id", "timestamp", "event"])
+    return build_features(validate(tx, "transactions"), AS_OF, validate(ev, "events")).set_index("customer_id")
+
+
+def test_each_moment_fires_on_its_day_and_only_then(moments):
+    got = dict(zip(moments.index, moment_triggers(moments, lookback_days=1)))
+    assert got == {
+        "N": "first_communication,first_purchase", "O": "opt_in,first_communication", "O2": "opt_in",
+        "R": "repeat_purchase", "X": "repeat_purchase,reactivated", "Q": "reactivation_due",
+        "L": "repeat_purchase,became_loyal", "V": "first_advocacy", "Z": None,
+    }
+    assert moments.loc["Q", "lifecycle_stage"] == "at_risk"
+
+
+def test_a_contact_since_first_seen_means_the_first_communication_happened(moments):
+    contacted = (moments.index == "N")
+    got = dict(zip(moments.index, moment_triggers(moments, 1, contacted)))
+    assert got["N"] == "first_purchase" and got["O"] == "opt_in,first_communication"
+
+
+def test_a_longer_lookback_catches_the_moments_of_a_missed_night(moments):
+    late = moments.assign(**{c: moments[c] + 1 for c in moments.columns if c.endswith("_days") or
+                             c.startswith("days_")})  # the same customers seen one day later
+    late["recency_over_gap"] = late["recency_days"] / late["gap_mean_days"]
+    assert moment_triggers(late, lookback_days=1)[list(moments.index).index("N")] is None
+    assert moment_triggers(late, lookback_days=2)[list(moments.index).index("N")] == "first_communication,first_purchase"
+
+
+def aha_config(*rules: AhaRule) -> PolicyConfig:
+    messages = {"second_purchase_nudge": Message("second_purchase_nudge", "second", ("new",), {"email": 0.1},
+                                                 aha=True),
+                "reactivation": Message("reactivation", "react", ("at_risk",), {"email": 0.1})}
+    return PolicyConfig(channels={"email": 0.1}, messages=messages, new_customer_delay_days=1.0, aha_rules=rules)
+
+
+def test_new_customers_get_the_top_aha_action_they_have_not_reached():
+    config = aha_config(AhaRule("app_session", 3, 7), AhaRule("email_open", 1, 30))
+    rows = pd.DataFrame({
+        "customer_id": list("abcde"), "as_of": AS_OF, "n_orders": [1, 1, 1, 1, 2],
+        "lifecycle_stage": ["new", "new", "new", "new", "at_risk"], "expected_value": 50.0, "tenure_days": 5.0,
+        "recency_days": 5.0, "aha_app_session_first_7d": [1, 3, 4, np.nan, 0],
+        "aha_email_open_first_30d": [0, 0, 2, np.nan, 0]})
+    out = decide(rows, config).set_index("customer_id")
+    assert out["message"].tolist() == ["aha_app_session", "aha_email_open", "second_purchase_nudge",
+                                       "second_purchase_nudge", "reactivation"]
+    assert "at least 3 app_session within 7 days of the first purchase (1 so far" in out.loc["a", "reasons"]
+    assert "correlational" in out.loc["a", "reasons"] and "Aha" not in out.loc["c", "reasons"]
+    assert out.loc["a", "priority"] == pytest.approx(0.1 * 50 - 0.1)  # the message's priors and cost still apply
+
+
+def test_only_significant_positive_rules_are_read_best_first(tmp_path):
+    rules = pd.DataFrame({"action": ["app_session", "chat", "return_orders", "email_open", "review"],
+                          "min_count": [3, 1, 1, 1, 2], "within_days": [7, 3, 30, 14, 30],
+                          "lift": [1.6, 1.4, 0.7, 1.2, 1.1], "p_adjusted": [1e-9, 0.2, 1e-5, 1e-3, 1e-2],
+                          "diff": [0.2, 0.1, -0.1, 0.05, 0.03]})
+    rules.to_csv(tmp_path / "aha_rules.csv", index=False)
+    assert load_aha_rules(tmp_path / "aha_rules.csv", max_rules=2) == (AhaRule("app_session", 3, 7),
+                                                                      AhaRule("email_open", 1, 14))
+    rules.drop(columns="within_days").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError, match="bad.csv: column 'within_days' is missing"):
+        load_aha_rules(tmp_path / "bad.csv")
