@@ -72,6 +72,10 @@ class Kairos:
         if os.environ.get("KAIROS_FEATURES"):
             snapshot = Snapshot.load(os.environ["KAIROS_FEATURES"], model, required_columns(config))
         config = resolve_timing(config, snapshot.features if snapshot is not None else None)
+        missing = [r.column for r in config.aha_rules if snapshot is not None and r.column not in snapshot.cols]
+        if missing:
+            log.warning("the snapshot lacks the Aha-rule counts %s: look-ups get no Aha message (build it with "
+                        "--aha-rules)", ", ".join(missing))
         self.scorer = Scorer(model, version, config, snapshot, ContactLog())
         log.info("kairos ready: model version %s, %d customers in the snapshot, new customers eligible from day %g, "
                  "loaded in %.1f s", version, len(snapshot) if snapshot is not None else 0, config.delay_days,
