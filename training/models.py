@@ -101,14 +101,20 @@ def btyd_features(features: pd.DataFrame, params: dict[str, float], horizon_days
     }, index=features.index)
 
 
-def time_split(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Train on older cutoffs, validate on the newest; with one cutoff, hold out a fifth of customers by hash."""
+def time_split(frame: pd.DataFrame, n_folds: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Validate on the newest cutoff, for one hash fold of customers (1/`n_folds`); train on the older cutoffs of
+    the other customers. With one cutoff, the fold is held out of it.
+
+    Customers recur across rolling cutoffs with overlapping label windows: validating on customers the trees were
+    trained on rewards memorising them, so early stopping ran to the last round (Online Retail: 800 rounds, backtest
+    AUC 0.734; customer-disjoint: about 50 rounds, AUC 0.756).
+    """
+    fold = pd.util.hash_pandas_object(frame["customer_id"], index=False).to_numpy() % n_folds == 0
     cut = frame["as_of"].to_numpy()
-    if len(np.unique(cut)) > 1:
-        valid = cut == cut.max()
-    else:
-        valid = pd.util.hash_pandas_object(frame["customer_id"], index=False).to_numpy() % 5 == 0
-    return ~valid, valid
+    if len(np.unique(cut)) == 1:
+        return ~fold, fold
+    newest = cut == cut.max()
+    return ~newest & ~fold, newest & fold
 
 
 def _check(y: np.ndarray, what: str) -> None:
