@@ -78,6 +78,13 @@ def test_time_split_validates_on_newest_cutoff_customers_never_trained_on(fitted
     assert va.any() and tr.any() and not set(one.loc[tr, "customer_id"]) & set(one.loc[va, "customer_id"])
 
 
+def test_second_purchase_model_is_the_one_with_the_better_validation_auc(fitted):
+    model, _ = fitted
+    auc = model.second_auc_
+    shared = model.second_.estimator.estimator is model.purchase_.estimator.estimator
+    assert shared == (auc["shared"] > auc["own"])
+
+
 def test_backtest_beats_chance_and_reports_the_baselines(world):
     from training.backtest import run_backtest
 

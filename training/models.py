@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
+from sklearn.metrics import roc_auc_score
 
 from features.errors import InputError
 from features.spec import FEATURE_DOCS
@@ -151,6 +152,22 @@ class KairosModel:
         clf = self._fit_one(self._lgb("clf"), X, y, train, valid)
         return CalibratedClassifierCV(FrozenEstimator(clf), method="sigmoid").fit(X[valid], y[valid])
 
+    def _second(self, X: pd.DataFrame, y: np.ndarray, one: np.ndarray, train: np.ndarray,
+                valid: np.ndarray) -> CalibratedClassifierCV | None:
+        """The second-purchase model: a classifier of one-order customers, or the next-purchase classifier
+        recalibrated on them when it has the better validation AUC on them (it learns from every customer, and
+        one-order customers are few: on Online Retail a few hundred per cutoff). None when there are too few
+        one-order customers; p_second_purchase then falls back to p_purchase."""
+        try:
+            own = self._classifier(X[one], y[one], train[one], valid[one], "second-purchase")
+        except InputError:
+            return None
+        Xv, yv = X[valid & one], y[valid & one]
+        shared = CalibratedClassifierCV(FrozenEstimator(self.purchase_.estimator.estimator), method="sigmoid").fit(Xv, yv)
+        self.second_auc_ = {name: float(roc_auc_score(yv, m.predict_proba(Xv)[:, 1]))
+                            for name, m in (("own", own), ("shared", shared))}
+        return shared if self.second_auc_["shared"] > self.second_auc_["own"] else own
+
     def _value(self, form: str, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, valid: np.ndarray) -> dict:
         if form == "tweedie":
             reg = self._fit_one(self._lgb("reg", objective="tweedie", tweedie_variance_power=1.3), X, y, train, valid)
@@ -187,11 +204,7 @@ class KairosModel:
         X, (train, valid) = self.spec_.matrix(frame), time_split(frame)
         y = frame["y_purchase"].to_numpy()
         self.purchase_ = self._classifier(X, y, train, valid, "next-purchase")
-        one = frame["n_orders"].to_numpy() == 1
-        try:
-            self.second_ = self._classifier(X[one], y[one], train[one], valid[one], "second-purchase")
-        except InputError:
-            self.second_ = None  # too few one-order customers: p_second_purchase falls back to p_purchase
+        self.second_ = self._second(X, y, frame["n_orders"].to_numpy() == 1, train, valid)
         yv = frame["y_value"].to_numpy(dtype=float)
         forms = ["hurdle", "tweedie"] if self.value_form == "auto" else [self.value_form]
         fitted = {f: self._value(f, X, yv, train, valid) for f in forms}
