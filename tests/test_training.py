@@ -11,7 +11,7 @@ from features.errors import InputError
 from features.labels import training_frame
 from features.pipeline import build_features
 from features.schema import parse_as_of
-from training.models import KairosModel
+from training.models import KairosModel, time_split
 
 pytestmark = pytest.mark.slow
 AS_OF = parse_as_of("2025-12-31")
@@ -65,6 +65,24 @@ def test_a_more_recent_purchase_does_not_lower_the_purchase_probability(world, f
     recent = repeat.assign(recency_days=repeat["recency_days"] / 4, recency_over_gap=repeat["recency_over_gap"] / 4)
     lifted = model.predict(recent)["p_purchase"].mean() - model.predict(repeat)["p_purchase"].mean()
     assert lifted > 0
+
+
+def test_time_split_validates_on_newest_cutoff_customers_never_trained_on(fitted):
+    _, frame = fitted
+    train, valid = time_split(frame)
+    cut = frame["as_of"]
+    assert valid.any() and (cut[valid] == cut.max()).all() and (cut[train] < cut.max()).all()
+    assert not set(frame.loc[train, "customer_id"]) & set(frame.loc[valid, "customer_id"])
+    one = frame.loc[cut == cut.max()]
+    tr, va = time_split(one)
+    assert va.any() and tr.any() and not set(one.loc[tr, "customer_id"]) & set(one.loc[va, "customer_id"])
+
+
+def test_second_purchase_model_is_the_one_with_the_better_validation_auc(fitted):
+    model, _ = fitted
+    auc = model.second_auc_
+    shared = model.second_.estimator.estimator is model.purchase_.estimator.estimator
+    assert shared == (auc["shared"] > auc["own"])
 
 
 def test_backtest_beats_chance_and_reports_the_baselines(world):
