@@ -308,6 +308,15 @@ def _engagement(ev: pd.DataFrame | None, cust: np.ndarray, first_ts: np.ndarray,
     return out
 
 
+def _numbers(s: pd.Series) -> pd.Series:
+    """`s` as numbers (NaN where a value is not one); text is parsed once per distinct value, not per row."""
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return pd.to_numeric(s, errors="coerce")
+    codes, uniques = pd.factorize(s)
+    parsed = pd.to_numeric(pd.Series(uniques), errors="coerce").to_numpy(dtype=float)
+    return pd.Series(np.append(parsed, np.nan)[codes], index=s.index)
+
+
 def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
     """Static attributes as `attr_<column>`: numbers as they are, dates as days before as-of, text as category."""
     if customers is None:
@@ -317,11 +326,12 @@ def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Times
     out = {}
     for col in table.columns:
         s = table[col]
-        num = pd.to_numeric(s, errors="coerce")
         if pd.api.types.is_datetime64_any_dtype(s) or str(col).endswith("_date"):
             days = (as_of - as_utc_naive(s)).dt.total_seconds().to_numpy() / 86_400
             out[f"attr_{col}_days"] = np.where(days >= 0, days, np.nan)
-        elif pd.api.types.is_bool_dtype(s) or num.notna().sum() == s.notna().sum():
+            continue
+        num = _numbers(s)
+        if pd.api.types.is_bool_dtype(s) or num.notna().sum() == s.notna().sum():
             out[f"attr_{col}"] = num.to_numpy(dtype=float)
         else:
             out[f"attr_{col}"] = s.astype("str").where(s.notna(), None).to_numpy(dtype=object)

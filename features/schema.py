@@ -147,12 +147,10 @@ def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) 
 
 
 def _repeated(h: np.ndarray) -> np.ndarray:
-    """Whether each value occurs more than once (by sorting the values: much faster than a hash table here)."""
+    """Whether each value occurs more than once: the repeated values are found by sorting (numpy's sort is much
+    faster than a hash table of millions of values), then looked up in a small hash table of just those."""
     s = np.sort(h)
-    twice = np.unique(s[1:][s[1:] == s[:-1]])
-    if not len(twice):
-        return np.zeros(len(h), bool)
-    return twice[np.minimum(np.searchsorted(twice, h), len(twice) - 1)] == h
+    return pd.Series(h).isin(s[1:][s[1:] == s[:-1]]).to_numpy()
 
 
 def _exact_duplicates(df: pd.DataFrame) -> np.ndarray:
