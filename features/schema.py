@@ -8,7 +8,9 @@ the common cause) and counted.
 """
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +148,16 @@ def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) 
     return out
 
 
+def _columns(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, pd.Series]:
+    """The schema's columns of `df` in canonical form, converted in parallel threads (Arrow, pandas' hashing and
+    numpy release the GIL); a bad column raises its error, the first one in schema order if several are bad."""
+    todo = [(c, k, True) for c, k in schema.required.items()]
+    todo += [(c, k, False) for c, k in schema.optional.items() if c in df.columns]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        converted = list(pool.map(lambda task: _column(df, task[0], task[1], source, task[2]), todo))
+    return {c: s for (c, _, _), s in zip(todo, converted)}
+
+
 def _repeated(h: np.ndarray) -> np.ndarray:
     """Whether each value occurs more than once: the repeated values are found by sorting (numpy's sort is much
     faster than a hash table of millions of values), then looked up in a small hash table of just those."""
@@ -179,12 +191,7 @@ def validate(df: pd.DataFrame, kind: str, source: str | None = None) -> pd.DataF
     if absent:
         raise InputError(f"{source}: missing required column(s) {', '.join(absent)} "
                          f"(found: {', '.join(map(str, df.columns[:12]))})")
-    out = {}
-    for col, kind_ in schema.required.items():
-        out[col] = _column(df, col, kind_, source, required=True)
-    for col, kind_ in schema.optional.items():
-        if col in df.columns:
-            out[col] = _column(df, col, kind_, source, required=False)
+    out = _columns(df, schema, source)
     if schema.keep_extra:
         for col in df.columns:
             if col not in out:
