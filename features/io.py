@@ -46,7 +46,9 @@ def read_table(path: str | Path, dictionary: Collection[str] = ()) -> pd.DataFra
     name = p.name.lower()
     try:
         if name.endswith((".parquet", ".pq")):
-            df = pd.read_parquet(p, read_dictionary=_small_dictionaries(p, dictionary) or None)
+            table = pq.read_table(p, read_dictionary=_small_dictionaries(p, dictionary) or None)
+            # a block per column (no copy into 2-D blocks), Arrow buffers released as they are converted
+            df = table.to_pandas(split_blocks=True, self_destruct=True)
         elif name.endswith(_CSV_SUFFIXES):
             df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""],
                              sep="\t" if name.endswith(".tsv") else ",")
