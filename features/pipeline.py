@@ -50,7 +50,7 @@ def _known_customers(customers: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFra
 
 
 def _ascending(values: pd.Index) -> bool:
-    """Whether `values` are strictly increasing (checked by Arrow: pandas compares strings one by one in Python)."""
+    """Whether `values` are strictly increasing (checked by Arrow: much faster on text than is_monotonic_increasing)."""
     text = pa.array(values.astype("str"))
     return len(text) < 2 or bool(pc.all(pc.less(text[:-1], text[1:])).as_py())
 

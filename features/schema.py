@@ -52,6 +52,7 @@ SCHEMAS: dict[str, Schema] = {
     "customers": Schema("customers", {"customer_id": ID}, keep_extra=True, unique_ids=True),
 }
 
+
 def text_columns(kind: str) -> list[str]:
     """The id and text columns of table `kind` (read dictionary-encoded where that is cheap)."""
     schema = SCHEMAS[kind]
