@@ -3,23 +3,40 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from features.errors import InputError
 
 __all__ = ["atomic_path", "read_table", "write_csv", "write_parquet"]
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
+_SMALL_DICTIONARY = 64 * 1024  # bytes of a column chunk's dictionary page: few distinct values
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def _small_dictionaries(path: Path, columns: Collection[str]) -> list[str]:
+    """Those of `columns` whose Parquet dictionary pages are small in every row group (few distinct values).
+
+    Arrow reads them straight from the dictionaries (no string per row is built or hashed); a column with big
+    dictionaries (ids) is faster read as strings, since merging its row groups' dictionaries costs more."""
+    meta = pq.read_metadata(path)
+    if meta.num_row_groups == 0:
+        return []
+    names = [meta.schema.column(j).path for j in range(meta.num_columns)]
+    chunks = [[meta.row_group(i).column(j) for i in range(meta.num_row_groups)] for j in range(meta.num_columns)]
+    return [name for name, chunk in zip(names, chunks) if name in columns and all(
+        c.has_dictionary_page and c.data_page_offset - c.dictionary_page_offset <= _SMALL_DICTIONARY for c in chunk)]
+
+
+def read_table(path: str | Path, dictionary: Collection[str] = ()) -> pd.DataFrame:
     """Read a CSV or Parquet file (chosen by extension) with every column as it is stored.
 
     CSV columns are read as strings so that validation, not the parser, decides what is a number or a date.
+    Parquet columns named in `dictionary` that have few distinct values come as categoricals.
     """
     p = Path(path)
     if not p.exists():
@@ -29,7 +46,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     name = p.name.lower()
     try:
         if name.endswith((".parquet", ".pq")):
-            df = pd.read_parquet(p)
+            table = pq.read_table(p, read_dictionary=_small_dictionaries(p, dictionary) or None)
+            # a block per column (no copy into 2-D blocks), Arrow buffers released as they are converted
+            df = table.to_pandas(split_blocks=True, self_destruct=True)
         elif name.endswith(_CSV_SUFFIXES):
             df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""],
                              sep="\t" if name.endswith(".tsv") else ",")

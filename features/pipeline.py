@@ -8,10 +8,11 @@ customer partition. Inputs are canonical frames (see `features.schema.validate`)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.lifecycle import StageRules, lifecycle_stage
 from features.schema import as_utc_naive
@@ -51,12 +52,33 @@ def _known_customers(customers: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFra
     return customers.loc[~(as_utc_naive(customers["signup_date"]) > as_of).to_numpy()]
 
 
+def _ascending(values: pd.Index) -> bool:
+    """Whether `values` are strictly increasing (checked by Arrow: much faster on text than is_monotonic_increasing)."""
+    text = pa.array(values.astype("str"))
+    return len(text) < 2 or bool(pc.all(pc.less(text[:-1], text[1:])).as_py())
+
+
+def _factorized(values: pd.Series, sort: bool = False) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes (-1 for missing) and the values they index, sorted (codes in text order) if `sort`.
+
+    A categorical gives its own codes, so no string is hashed (validated text columns are categoricals with
+    sorted categories); other columns, and categoricals with unsorted categories where order matters, are factorized."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        if not sort or _ascending(values.cat.categories):
+            return values.cat.codes.to_numpy(np.int64), values.cat.categories
+        values = values.astype("str")
+    codes, uniques = pd.factorize(values, sort=sort)
+    return codes.astype(np.int64), pd.Index(uniques)
+
+
 def customer_codes(*id_columns: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
     """Sorted ids of the union of `id_columns`, and each column's codes into them."""
-    lengths = np.cumsum([0, *(len(c) for c in id_columns)])
-    codes, ids = pd.factorize(pd.concat([c.astype("str") for c in id_columns], ignore_index=True), sort=True)
-    codes = codes.astype(np.int64)
-    return np.asarray(ids, dtype=object), [codes[a:b] for a, b in pairwise(lengths)]
+    factorized = [_factorized(c) for c in id_columns]
+    texts = [uniques.astype("str") for _, uniques in factorized]
+    used = [text[np.bincount(codes[codes >= 0], minlength=len(text)) > 0] for (codes, _), text in zip(factorized, texts)]
+    ids = pd.factorize(pd.concat([pd.Series(u) for u in used], ignore_index=True), sort=True)[1]
+    return np.asarray(ids, dtype=object), [np.append(ids.get_indexer(text), -1)[codes]
+                                           for (codes, _), text in zip(factorized, texts)]
 
 
 def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataFrame | None = None,
@@ -69,12 +91,39 @@ def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataF
     return customer_codes(*parts)[0]
 
 
+def _group_min(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """Minimum of the int64 `values` of each group 0..n-1 (every group has a row)."""
+    out = np.full(n, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(out, groups, values.astype(np.int64, copy=False))
+    return out
+
+
 def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> np.ndarray | None:
     """Channel of each order: the alphabetically first channel of its lines (orders normally have one)."""
-    if "channel" not in tx.columns:
+    if "channel" not in tx.columns or not n:
         return None
-    codes, names = pd.factorize(tx["channel"].fillna(""), sort=True)
-    return names.to_numpy(dtype=object)[pd.Series(codes).groupby(line_order).min().to_numpy()] if n else None
+    codes, names = _factorized(tx["channel"], sort=True)
+    return np.append(names.to_numpy(dtype=object), "")[_group_min(codes, line_order, n)]  # missing (-1) is ""
+
+
+def _line_orders(cust: np.ndarray, key2: np.ndarray, by_id: bool) -> np.ndarray:
+    """The order (0..n-1) of each line: its customer and `key2` (order id codes if `by_id`, else timestamps).
+
+    When no order id is missing and none is shared by two customers, the order id alone is the order: its codes
+    are compacted instead of hashing millions of (customer, order) pairs."""
+    if not len(key2):
+        return np.zeros(0, np.int64)
+    if by_id and key2.min() >= 0:
+        owner = np.empty(int(key2.max()) + 1, np.int64)
+        owner[key2] = cust
+        if (owner[key2] == cust).all():
+            used = np.zeros(len(owner), bool)
+            used[key2] = True
+            return (np.cumsum(used) - 1)[key2]
+    k2, k2_max = key2 - key2.min(), int(key2.max() - key2.min()) + 1
+    if (int(cust.max()) + 1) * k2_max < 2**62:
+        return pd.factorize(cust * k2_max + k2)[0]
+    return pd.MultiIndex.from_arrays([cust, key2]).factorize()[0]
 
 
 def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
@@ -85,16 +134,12 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
     """
     ts = _ns(tx["timestamp"])
     # order key: the rank of order_id in sorted order (or the timestamp), combined with the customer code
-    key2 = pd.factorize(tx["order_id"], sort=True)[0].astype(np.int64) if "order_id" in tx.columns else ts
-    k2, k2_max = (key2 - key2.min(), int(key2.max() - key2.min()) + 1) if len(tx) else (key2, 1)
-    if len(tx) and (int(cust.max()) + 1) * k2_max < 2**62:
-        line_order = pd.factorize(cust * k2_max + k2)[0]
-    else:
-        line_order = pd.MultiIndex.from_arrays([cust, key2]).factorize()[0] if len(tx) else np.zeros(0, np.int64)
+    by_id = "order_id" in tx.columns
+    key2 = _factorized(tx["order_id"], sort=True)[0] if by_id else ts
+    line_order = _line_orders(cust, key2, by_id)
     n = int(line_order.max()) + 1 if len(tx) else 0
-    first_line = np.full(n, len(tx), np.int64)
-    np.minimum.at(first_line, line_order, np.arange(len(tx)))
-    order_ts = pd.Series(ts).groupby(line_order).min().to_numpy() if n else np.zeros(0, np.int64)
+    first_line = _group_min(np.arange(len(tx)), line_order, n)
+    order_ts = _group_min(ts, line_order, n)
     amount = tx["amount"].to_numpy(dtype=float)
     orders = pd.DataFrame({
         "cust": cust[first_line] if n else np.zeros(0, np.int64),
@@ -104,7 +149,7 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
         "lines": np.bincount(line_order, minlength=n),
         "quantity": np.bincount(line_order, tx["quantity"].to_numpy(dtype=float), n) if "quantity" in tx else np.nan,
         "channel": _order_channel(tx, line_order, n),
-    })
+    }, copy=False)
     # ties between orders of one customer at one time are broken by order key, so row order never matters
     order = np.lexsort((key2[first_line], orders["ts"].to_numpy(), orders["cust"].to_numpy()))
     rank = np.empty(n, np.int64)
@@ -180,17 +225,17 @@ def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
 
 def _codes_of(values: pd.Series) -> np.ndarray:
     """Integer codes of a column (-1 for missing), factorized once and then indexed, never the strings."""
-    return pd.factorize(values)[0].astype(np.int64)
+    return _factorized(values)[0]
 
 
 def _distinct_per_customer(cust: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
-    """Number of distinct non-missing codes per customer."""
+    """Number of distinct non-missing codes per customer (distinct pairs by sorting: far faster than hashing)."""
     ok = codes >= 0
     if not ok.any():
         return np.zeros(n, np.int64)
     base = int(codes.max()) + 2
-    pairs = pd.unique(cust[ok].astype(np.int64) * base + codes[ok])
-    return np.bincount(pairs // base, minlength=n)
+    pairs = np.sort(cust[ok].astype(np.int64) * base + codes[ok])
+    return np.bincount(pairs[np.r_[True, pairs[1:] != pairs[:-1]]] // base, minlength=n)
 
 
 def _first_order_and_kpa(tx: pd.DataFrame, cust: np.ndarray, orders: pd.DataFrame, line_order: np.ndarray,
@@ -264,9 +309,8 @@ def _engagement(ev: pd.DataFrame | None, cust: np.ndarray, first_ts: np.ndarray,
     out["events_before_first_purchase"] = np.bincount(cust[~(since_first >= 0)], minlength=n)
     for d in (7, 30, 90):
         out[f"events_last_{d}d"] = np.bincount(cust[ts > as_of_ns - d * DAY_NS], minlength=n)
-    by_customer = pd.Series(ts).groupby(cust)
-    out["days_since_last_event"] = (as_of_ns - by_customer.max().reindex(range(n)).to_numpy()) / DAY_NS
-    out["_first_event_ts"] = by_customer.min().reindex(range(n)).to_numpy()
+    out["days_since_last_event"] = (as_of_ns - _per_customer(np.maximum, cust, ts, n)) / DAY_NS
+    out["_first_event_ts"] = _per_customer(np.minimum, cust, ts, n)
     optin = kind == index["newsletter_optin"]
     out["days_since_optin"] = (as_of_ns - _per_customer(np.maximum, cust[optin], ts[optin], n)) / DAY_NS
     advocacy = (kind == index["referral"]) | (kind == index["review"])
@@ -295,6 +339,15 @@ def _aha_counts(tx: pd.DataFrame, ev: pd.DataFrame | None, ids: np.ndarray,
     return {name: _take(values, pos) for name, values in counts.items()}
 
 
+def _numbers(s: pd.Series) -> pd.Series:
+    """`s` as numbers (NaN where a value is not one); text is parsed once per distinct value, not per row."""
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return pd.to_numeric(s, errors="coerce")
+    codes, uniques = pd.factorize(s)
+    parsed = pd.to_numeric(pd.Series(uniques), errors="coerce").to_numpy(dtype=float)
+    return pd.Series(np.append(parsed, np.nan)[codes], index=s.index)
+
+
 def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
     """Static attributes as `attr_<column>`: numbers as they are, dates as days before as-of, text as category."""
     if customers is None:
@@ -304,11 +357,12 @@ def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Times
     out = {}
     for col in table.columns:
         s = table[col]
-        num = pd.to_numeric(s, errors="coerce")
         if pd.api.types.is_datetime64_any_dtype(s) or str(col).endswith("_date"):
             days = (as_of - as_utc_naive(s)).dt.total_seconds().to_numpy() / 86_400
             out[f"attr_{col}_days"] = np.where(days >= 0, days, np.nan)
-        elif pd.api.types.is_bool_dtype(s) or num.notna().sum() == s.notna().sum():
+            continue
+        num = _numbers(s)
+        if pd.api.types.is_bool_dtype(s) or num.notna().sum() == s.notna().sum():
             out[f"attr_{col}"] = num.to_numpy(dtype=float)
         else:
             out[f"attr_{col}"] = s.astype("str").where(s.notna(), None).to_numpy(dtype=object)

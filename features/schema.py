@@ -1,12 +1,16 @@
 """The canonical input schema (DESIGN.md) and its validation: clear one-line errors, deliberate clean-up.
 
-Validated frames have exactly these dtypes: ids and text as strings, `timestamp` as naive UTC datetime64
-(offsets are converted to UTC, naive times are taken as UTC, so mixed time zones are fine), numbers as float64,
-`treated` as bool. Exact duplicate rows are dropped (double-loaded lines are the common cause) and counted.
+Validated frames have exactly these dtypes: ids and text as pandas categoricals whose categories are the sorted
+distinct strings (so code order is text order, and later steps group by codes instead of hashing strings),
+`timestamp` as naive UTC datetime64 (offsets are converted to UTC, naive times are taken as UTC, so mixed time
+zones are fine), numbers as float64, `treated` as bool. Exact duplicate rows are dropped (double-loaded lines are
+the common cause) and counted.
 """
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import pandas as pd
 from features.errors import InputError
 from features.io import read_table
 
-__all__ = ["SCHEMAS", "Schema", "as_utc_naive", "load", "parse_as_of", "validate"]
+__all__ = ["SCHEMAS", "Schema", "as_utc_naive", "load", "parse_as_of", "text_columns", "validate"]
 
 ID, TIME, FLOAT, TEXT, BOOL = "id", "time", "float", "text", "bool"
 
@@ -48,6 +52,13 @@ SCHEMAS: dict[str, Schema] = {
     "customers": Schema("customers", {"customer_id": ID}, keep_extra=True, unique_ids=True),
 }
 
+
+def text_columns(kind: str) -> list[str]:
+    """The id and text columns of table `kind` (read dictionary-encoded where that is cheap)."""
+    schema = SCHEMAS[kind]
+    return [c for c, k in {**schema.required, **schema.optional}.items() if k in (ID, TEXT)]
+
+
 _TRUE = {"true", "t", "1", "yes", "y", "1.0"}
 _FALSE = {"false", "f", "0", "no", "n", "0.0"}
 
@@ -66,6 +77,21 @@ def _as_id(s: pd.Series) -> pd.Series:
         if (whole == np.floor(whole)).all():
             s = s.astype("Int64")
     return s.astype("str").where(s.notna(), None).str.strip()
+
+
+def _distinct(s: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """Codes (-1 where missing) and the distinct values they index; a categorical gives its codes without hashing."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return s.cat.codes.to_numpy(np.int64), pd.Series(s.cat.categories)
+    codes, uniques = pd.factorize(s)
+    return codes.astype(np.int64), pd.Series(uniques)
+
+
+def _categorical(codes: np.ndarray, text: pd.Series, index: pd.Index) -> pd.Series:
+    """The categorical of the strings `text[codes]` (-1 and missing text: missing), categories sorted."""
+    to_sorted, categories = pd.factorize(text, sort=True)
+    dtype = pd.CategoricalDtype(pd.Index(categories, dtype="str"))
+    return pd.Series(pd.Categorical.from_codes(np.r_[to_sorted, -1][codes], dtype=dtype), index=index)
 
 
 def as_utc_naive(s: pd.Series) -> pd.Series:
@@ -97,9 +123,12 @@ def _as_bool(s: pd.Series) -> pd.Series:
 def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) -> pd.Series:
     raw = df[col]
     missing = raw.isna().to_numpy().copy()
-    if kind == ID:
-        out = _as_id(raw)
-        missing |= out.fillna("").eq("").to_numpy()
+    if kind in (ID, TEXT):  # converted once per distinct value, not per row
+        codes, uniques = _distinct(raw)
+        text = _as_id(uniques) if kind == ID else uniques.astype("str").where(uniques.notna(), None)
+        if kind == ID:
+            missing |= np.r_[text.fillna("").eq("").to_numpy(), True][codes]
+        out = _categorical(codes, text, raw.index)
         bad = np.zeros(len(raw), bool)
     elif kind == TIME:
         out = as_utc_naive(raw)
@@ -107,13 +136,10 @@ def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) 
     elif kind == FLOAT:
         out = _as_float(raw)
         bad = out.isna().to_numpy() & ~missing
-    elif kind == BOOL:
+    else:
         out = _as_bool(raw)
         bad = out.isna().to_numpy() & ~missing
         out = out.fillna(False).astype(bool)
-    else:
-        out = raw.astype("str").where(raw.notna(), None)
-        bad = np.zeros(len(raw), bool)
     if bad.any():
         what = {TIME: "is not an ISO 8601 date or datetime", FLOAT: "is not a finite number",
                 BOOL: "is not a boolean (true/false)"}[kind]
@@ -123,21 +149,36 @@ def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) 
     return out
 
 
+def _columns(df: pd.DataFrame, schema: Schema, source: str) -> dict[str, pd.Series]:
+    """The schema's columns of `df` in canonical form, converted in parallel threads (Arrow, pandas' hashing and
+    numpy release the GIL); a bad column raises its error, the first one in schema order if several are bad."""
+    todo = [(c, k, True) for c, k in schema.required.items()]
+    todo += [(c, k, False) for c, k in schema.optional.items() if c in df.columns]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        converted = list(pool.map(lambda task: _column(df, task[0], task[1], source, task[2]), todo))
+    return {c: s for (c, _, _), s in zip(todo, converted)}
+
+
+def _repeated(h: np.ndarray) -> np.ndarray:
+    """Whether each value occurs more than once: the repeated values are found by sorting (numpy's sort is much
+    faster than a hash table of millions of values), then looked up in a small hash table of just those."""
+    s = np.sort(h)
+    return pd.Series(h).isin(s[1:][s[1:] == s[:-1]]).to_numpy()
+
+
 def _exact_duplicates(df: pd.DataFrame) -> np.ndarray:
-    """Rows equal to an earlier row in every column, by 64-bit row hashes.
+    """Rows equal to an earlier row in every column.
 
-    Numbers and times are hashed first; only the rows that repeat there (the candidates) have their text
-    columns hashed too, which spares hashing millions of strings on big tables."""
-    def hashed(frame: pd.DataFrame) -> pd.Series:
-        return pd.Series(pd.util.hash_pandas_object(frame, index=False).to_numpy())
-
-    cheap = [c for c in df.columns if df[c].dtype.kind in "biufmM"]
-    if not cheap or len(cheap) == len(df.columns):
-        return hashed(df).duplicated().to_numpy()
-    candidate = hashed(df[cheap]).duplicated(keep=False).to_numpy()
+    Rows whose 64-bit row hash repeats are the candidates (categoricals are hashed as codes, so no string is),
+    and among them pandas compares the values exactly."""
+    h = np.zeros(len(df), np.uint64)
+    for col in df.columns:
+        s = df[col].cat.codes if isinstance(df[col].dtype, pd.CategoricalDtype) else df[col]
+        h = h * np.uint64(1_000_003) ^ pd.util.hash_pandas_object(s, index=False).to_numpy()
+    candidate = _repeated(h)
     dup = np.zeros(len(df), bool)
     if candidate.any():
-        dup[np.flatnonzero(candidate)] = hashed(df.loc[candidate]).duplicated().to_numpy()
+        dup[candidate] = df.loc[candidate].duplicated().to_numpy()
     return dup
 
 
@@ -151,17 +192,12 @@ def validate(df: pd.DataFrame, kind: str, source: str | None = None) -> pd.DataF
     if absent:
         raise InputError(f"{source}: missing required column(s) {', '.join(absent)} "
                          f"(found: {', '.join(map(str, df.columns[:12]))})")
-    out = {}
-    for col, kind_ in schema.required.items():
-        out[col] = _column(df, col, kind_, source, required=True)
-    for col, kind_ in schema.optional.items():
-        if col in df.columns:
-            out[col] = _column(df, col, kind_, source, required=False)
+    out = _columns(df, schema, source)
     if schema.keep_extra:
         for col in df.columns:
             if col not in out:
                 out[col] = df[col]
-    result = pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+    result = pd.DataFrame(out, index=pd.RangeIndex(len(df)), copy=False)  # no copy into 2-D blocks
     if schema.unique_ids:
         dup = result["customer_id"].duplicated(keep=False).to_numpy()
         if dup.any():
@@ -178,7 +214,7 @@ def load(kind: str, path: str | Path | None) -> pd.DataFrame | None:
     """Read and validate one input file (None passes through for optional inputs)."""
     if path is None:
         return None
-    return validate(read_table(path), kind, str(path))
+    return validate(read_table(path, dictionary=text_columns(kind)), kind, str(path))
 
 
 def parse_as_of(text: str) -> pd.Timestamp:

@@ -1,0 +1,61 @@
+"""Validated text as sorted categoricals, and the code paths that use the codes instead of the strings."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.io import read_table
+from features.pipeline import build_features, order_table
+from features.schema import load, parse_as_of, text_columns, validate
+
+AS_OF = parse_as_of("2024-03-31")
+
+
+def _lines(**cols) -> pd.DataFrame:
+    base = {"customer_id": [" B", "A", "B "], "timestamp": ["2024-01-01", "2024-01-02", "2024-01-03"],
+            "amount": ["1", "2", "3"], "order_id": ["o2", "o1", "o3"], "channel": ["web", None, "app"]}
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def test_ids_and_text_become_sorted_categoricals():
+    tx = validate(_lines(), "transactions")
+    assert tx["customer_id"].tolist() == ["B", "A", "B"]  # stripped, and " B" and "B " are one id
+    for col in ("customer_id", "order_id", "channel"):
+        cats = tx[col].cat.categories
+        assert isinstance(tx[col].dtype, pd.CategoricalDtype) and cats.is_monotonic_increasing and cats.is_unique
+    assert tx["channel"].isna().tolist() == [False, True, False]
+
+
+def test_an_order_id_shared_by_two_customers_is_two_orders():
+    tx = validate(_lines(order_id=["o1", "o1", "o1"]), "transactions")
+    orders, line_order = order_table(tx, np.array([1, 0, 1]))
+    assert orders["cust"].tolist() == [0, 1] and orders["lines"].tolist() == [1, 2]
+    assert line_order.tolist() == [1, 0, 1]
+
+
+def test_missing_order_ids_group_by_customer():
+    tx = validate(_lines(order_id=[None, "o1", None]), "transactions")
+    orders, _ = order_table(tx, np.array([1, 0, 1]))
+    assert orders["lines"].tolist() == [1, 2]
+
+
+def test_features_equal_for_categorical_and_plain_text_inputs():
+    tx = validate(_lines(), "transactions")
+    plain = tx.assign(**{c: tx[c].astype("str").where(tx[c].notna(), None) for c in ("customer_id", "order_id", "channel")})
+    pd.testing.assert_frame_equal(build_features(tx, AS_OF), build_features(plain, AS_OF))
+
+
+def test_parquet_dictionaries_and_strings_validate_alike(tmp_path):
+    df = validate(_lines(), "transactions")
+    df.astype({c: "str" for c in text_columns("transactions") if c in df.columns}).to_parquet(tmp_path / "t.parquet")
+    read = read_table(tmp_path / "t.parquet", text_columns("transactions"))
+    assert isinstance(read["channel"].dtype, pd.CategoricalDtype)  # few values: read from the dictionary
+    pd.testing.assert_frame_equal(load("transactions", tmp_path / "t.parquet"), df)
+
+
+def test_duplicates_are_exact_among_hash_candidates():
+    rows = _lines(customer_id=["A", "A", "A"], order_id=["o1", "o1", "o1"], timestamp=["2024-01-01"] * 3,
+                  amount=["1", "1", "1"], channel=["web", "web", "app"])
+    out = validate(rows, "transactions")
+    assert out["channel"].tolist() == ["web", "app"]
