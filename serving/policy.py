@@ -224,17 +224,17 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
     msg = np.array([m.name for m, _, _ in pairs] or [""], dtype=object)[best]
     chan = np.array([ch for _, ch, _ in pairs] or [""], dtype=object)[best]
     ups = np.where(has_learned, learned, np.array([up for _, _, up in pairs] or [0.0])[best])
-    reasons = [_reason(i, hold[i], stage[i], msg[i], chan[i], ups[i], ev[i], decay[i], priority[i], days_first[i],
-                       last[i], as_of_ns[i], contacts["contacts_in_window"][i], contacts["unanswered"][i], config,
-                       LEARNED_NOTE if has_learned[i] else PRIOR_NOTE)
-               for i in range(n)]
+    per_row = (hold, stage, msg, chan, ups, ev, decay, priority, days_first, last, as_of_ns,
+               contacts["contacts_in_window"], contacts["unanswered"], np.where(has_learned, LEARNED_NOTE, PRIOR_NOTE))
+    # Python scalars (tolist) format about twice as fast as numpy scalars, to the same text
+    reasons = [_reason(*row, config) for row in zip(*(np.asarray(a).tolist() for a in per_row))]
     return {"action": np.where(nudge, "nudge", "hold").astype(object),
             "channel": np.where(nudge, chan, None), "message": np.where(nudge, msg, None),
             "priority": np.where(has, priority, np.nan), "reasons": reasons}
 
 
-def _reason(i, code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of_ns, in_window, unanswered,
-            config: PolicyConfig, note: str = PRIOR_NOTE) -> str:
+def _reason(code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of_ns, in_window, unanswered, note,
+            config: PolicyConfig) -> str:
     if code == "no_message":
         return f"hold: no message in the catalogue fits stage {stage}"
     if code == "too_early":

@@ -236,7 +236,7 @@ def test_kairos_model_adds_the_uplift_column_when_an_uplift_model_is_attached(wo
     model = KairosModel()
     model.uplift_ = UpliftModel(learner, feature_spec(frame), 14)
     # only the uplift part is exercised: predict's other models are replaced by constants
-    model.matrix = lambda f: f
+    model.array = lambda f: f
     model._scores = lambda X, one: (np.full(len(X), 0.5), np.full(len(X), np.nan), np.ones(len(X)))
     rows = frame.head(7).assign(n_orders=2.0)
     scores = model.predict(rows)

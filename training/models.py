@@ -55,6 +55,13 @@ class FeatureSpec:
 
     def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix of `features`: missing columns become NaN, unseen categories NaN."""
+        return pd.DataFrame(self._columns(features), index=features.index)
+
+    def array(self, features: pd.DataFrame) -> np.ndarray:
+        """The float64 array LightGBM predicts the model matrix from (`lgb_array`), without building the matrix."""
+        return lgb_array(list(self._columns(features).values()))
+
+    def _columns(self, features: pd.DataFrame) -> dict[str, pd.Series | pd.Categorical]:
         out = {}
         for c in self.columns:
             s = features[c] if c in features.columns else pd.Series(np.nan, index=features.index)
@@ -62,7 +69,7 @@ class FeatureSpec:
                 out[c] = pd.Categorical(s.astype("object").where(s.notna(), None), categories=self.categories[c])
             else:
                 out[c] = pd.to_numeric(s, errors="coerce").astype("float64")
-        return pd.DataFrame(out, index=features.index)
+        return out
 
 
 BTYD_DOCS = {
@@ -241,19 +248,19 @@ class KairosModel:
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         """Scores of each row: p_purchase, p_second_purchase (one-order customers only), expected_value."""
         one = features["n_orders"].to_numpy() == 1
-        p, second, value = self._scores(self.matrix(features), one)
+        p, second, value = self._scores(self.array(features), one)
         scores = pd.DataFrame({"p_purchase": p, "p_second_purchase": second, "expected_value": value},
                               index=features.index)
         if getattr(self, "uplift_", None) is not None:  # learned from randomised nudges (training.uplift)
             scores["uplift"] = self.uplift_.predict(features)
         return scores
 
-    def _scores(self, X: pd.DataFrame, one: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """p_purchase, p_second_purchase (NaN but on the `one` rows) and expected_value of the model matrix `X`."""
-        data = lgb_array(X)
+    def _scores(self, data: np.ndarray, one: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """p_purchase, p_second_purchase (NaN but on the `one` rows) and expected_value of the rows of `data`
+        (`array`)."""
         forests = self._forests()
         p = np.clip(forests["purchase"].predict(data), P_FLOOR, 1 - P_FLOOR)
-        second = np.full(len(X), np.nan)
+        second = np.full(len(data), np.nan)
         if one.any():
             second[one] = np.clip(forests.get("second", forests["purchase"]).predict(data[one]), P_FLOOR, 1 - P_FLOOR)
         buy = forests["value_clf"].predict(data) if "value_clf" in forests else None
@@ -284,10 +291,16 @@ class KairosModel:
 
     def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix of feature rows: BG/NBD columns from the newest parameters, then the spec."""
+        return self.spec_.matrix(self._with_btyd(features))
+
+    def array(self, features: pd.DataFrame) -> np.ndarray:
+        """The model matrix of feature rows as the float64 array the boosters predict from (`FeatureSpec.array`)."""
+        return self.spec_.array(self._with_btyd(features))
+
+    def _with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
         if not hasattr(self, "spec_"):
             raise ValueError("Model has not been fit yet.")
-        btyd = btyd_features(features, self.bgnbd_latest_, self.horizon_days)
-        return self.spec_.matrix(pd.concat([features, btyd], axis=1))
+        return pd.concat([features, btyd_features(features, self.bgnbd_latest_, self.horizon_days)], axis=1)
 
     def booster(self) -> lgb.Booster:
         """The (uncalibrated) booster of the next-purchase model, for importances and contributions."""
