@@ -62,6 +62,7 @@ class FeatureSpec:
         return lgb_array(list(self._columns(features).values()))
 
     def _columns(self, features: pd.DataFrame) -> dict[str, pd.Series | pd.Categorical]:
+        """Each model column of `features`: float64, or a categorical with the categories seen in training."""
         out = {}
         for c in self.columns:
             s = features[c] if c in features.columns else pd.Series(np.nan, index=features.index)
@@ -298,6 +299,7 @@ class KairosModel:
         return self.spec_.array(self._with_btyd(features))
 
     def _with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
+        """`features` with the BG/NBD columns of the newest parameters."""
         if not hasattr(self, "spec_"):
             raise ValueError("Model has not been fit yet.")
         return pd.concat([features, btyd_features(features, self.bgnbd_latest_, self.horizon_days)], axis=1)
