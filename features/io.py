@@ -69,10 +69,24 @@ def read_table(path: str | Path, dictionary: Collection[str] = ()) -> pd.DataFra
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary's name carries this host and process id; temporaries of the same target that a dead process of
+    this host left behind (a killed batch: no `finally` runs) are removed first.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    owner = f".{target.name}.{os.uname().nodename}-"
+    for old in target.parent.iterdir():
+        pid = old.name.removeprefix(owner).split(".")[0]
+        if old.name.startswith(owner) and old.name.endswith(".tmp") and pid.isdigit() and int(pid) > 0:
+            try:
+                os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                old.unlink(missing_ok=True)
+            except PermissionError:  # alive, another user's
+                pass
+    fd, tmp = tempfile.mkstemp(prefix=f"{owner}{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)

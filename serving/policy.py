@@ -251,10 +251,10 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
     ups = np.where(has_learned, learned, np.array([up for _, _, up in pairs] or [0.0])[best])
     aha_rows, aha_rule = _aha_choice(cols, config, np.array([m.aha for m, _, _ in pairs] or [False])[best] & has)
     msg[aha_rows] = [f"aha_{config.aha_rules[k].action}" for k in aha_rule[aha_rows]]
-    reasons = [_reason(i, hold[i], stage[i], msg[i], chan[i], ups[i], ev[i], decay[i], priority[i], days_first[i],
-                       last[i], as_of_ns[i], contacts["contacts_in_window"][i], contacts["unanswered"][i], config,
-                       LEARNED_NOTE if has_learned[i] else PRIOR_NOTE)
-               for i in range(n)]
+    per_row = (hold, stage, msg, chan, ups, ev, decay, priority, days_first, last, as_of_ns,
+               contacts["contacts_in_window"], contacts["unanswered"], np.where(has_learned, LEARNED_NOTE, PRIOR_NOTE))
+    # Python scalars (tolist) format about twice as fast as numpy scalars, to the same text
+    reasons = [_reason(*row, config) for row in zip(*(np.asarray(a).tolist() for a in per_row))]
     for i in aha_rows:
         r = config.aha_rules[aha_rule[i]]
         reasons[i] += (f"; top Aha action not reached yet: at least {r.min_count} {r.action} within {r.within_days} "
@@ -279,8 +279,8 @@ def _aha_choice(cols: dict[str, np.ndarray], config: PolicyConfig, aha_message: 
     return np.flatnonzero(aha_message & unmet.any(axis=1)), unmet.argmax(axis=1)
 
 
-def _reason(i, code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of_ns, in_window, unanswered,
-            config: PolicyConfig, note: str = PRIOR_NOTE) -> str:
+def _reason(code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of_ns, in_window, unanswered, note,
+            config: PolicyConfig) -> str:
     if code == "no_message":
         return f"hold: no message in the catalogue fits stage {stage}"
     if code == "too_early":

@@ -142,17 +142,21 @@ def resolve_model_uri(model_uri: str) -> tuple[str, str]:
     return model_uri, (m.group(2) if m else model_uri)
 
 
-def load_model(model_uri: str):
-    """Load the KairosModel behind `model_uri` from the configured MLflow store; returns (model, version)."""
+def load_model(model_uri: str, compiled: bool = True):
+    """Load the KairosModel behind `model_uri` from the configured MLflow store; returns (model, version).
+
+    `compiled`: compile its boosters (`KairosModel.compile`: the same scores, several times faster; the first load
+    of a model version on a machine compiles, later loads read the cache)."""
     from training.pyfunc import load_kairos_model
     from training.registry import configure
 
     configure()
     uri, version = resolve_model_uri(model_uri)
     try:
-        return load_kairos_model(uri), version
+        model = load_kairos_model(uri)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001  (MLflow raises many types for a missing model)
         raise InputError(f"--model-uri {model_uri}: cannot load the model ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:160]})") from None
+    return (model.compile() if compiled else model), version

@@ -93,7 +93,9 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         _say(f"features of {n:,} customers built; loading model {opt.model_uri}")
         from serving.scoring import load_model
 
-        model, version = load_model(opt.model_uri)  # the one-line error if it cannot be loaded
+        # the one-line error if it cannot be loaded; not compiled: the workers unpickle the boosters (machine code
+        # is not pickled) and score with LightGBM, bitwise the same scores
+        model, version = load_model(opt.model_uri, compiled=False)
         model_bc = spark.sparkContext.broadcast(model)
         log = ContactLog()
         since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)

@@ -70,3 +70,11 @@ def register_small_champion(world, as_of: pd.Timestamp, experiment: str, n_estim
 def history() -> dict[str, pd.DataFrame]:
     """A seeded random world of 300 customers over about two years."""
     return random_history()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_forest_cache(tmp_path_factory):
+    """Compiled LightGBM forests go to a temporary cache, not the user's ~/.cache/kairos."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KAIROS_CACHE_DIR", str(tmp_path_factory.mktemp("kairos-cache")))
+        yield

@@ -250,3 +250,23 @@ def test_a_killed_write_leaves_no_partial_file(tmp_path):
                           cwd=Path(__file__).parent.parent)
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_the_next_write_removes_the_temporary_of_a_killed_one_but_not_of_a_live_one(tmp_path):
+    from features.io import atomic_path
+
+    code = ("import os, signal, sys\nfrom features.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'PAR1 half')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.parquet")], check=False,
+                   cwd=Path(__file__).parent.parent)
+    (killed,) = tmp_path.iterdir()
+    assert killed.name.startswith(".s.parquet.") and killed.name.endswith(".tmp")
+    live = tmp_path / f".s.parquet.{os.uname().nodename}-{os.getppid()}.x.tmp"  # this test's parent is alive
+    other = tmp_path / f".t.parquet.{os.uname().nodename}-999999999.x.tmp"  # another target's: not ours to judge
+    live.touch()
+    other.touch()
+    with atomic_path(tmp_path / "s.parquet") as tmp:
+        assert tmp.parent == tmp_path and not killed.exists()
+        tmp.write_bytes(b"PAR1 whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.parquet", live.name, other.name])

@@ -85,6 +85,34 @@ def test_second_purchase_model_is_the_one_with_the_better_validation_auc(fitted)
     assert shared == (auc["shared"] > auc["own"])
 
 
+def test_compiled_scores_are_bitwise_those_of_lightgbm_and_the_calibrated_estimators(world, fitted, tmp_path,
+                                                                                     monkeypatch):
+    import pickle
+
+    from training.compiled import cache_dir
+    from training.models import P_FLOOR
+
+    model, _ = fitted
+    feats = build_features(world.transactions, AS_OF, world.events, world.customers).head(500)
+    X, one = model.matrix(feats), feats["n_orders"].to_numpy() == 1
+    monkeypatch.setenv("KAIROS_CACHE_DIR", str(tmp_path))
+    plain = model.predict(feats)
+    np.testing.assert_array_equal(plain["p_purchase"],
+                                  np.clip(model.purchase_.predict_proba(X)[:, 1], P_FLOOR, 1 - P_FLOOR))
+    second = (model.second_ or model.purchase_).predict_proba(X[one])[:, 1]
+    np.testing.assert_array_equal(plain.loc[one, "p_second_purchase"], np.clip(second, P_FLOOR, 1 - P_FLOOR))
+    np.testing.assert_array_equal(plain["expected_value"], np.clip(model._value_predict(model.value_, X), 0, None))
+    compiled = pickle.loads(pickle.dumps(model)).compile()
+    pd.testing.assert_frame_equal(compiled.predict(feats), plain, check_exact=True)
+    assert "_forests_" not in pickle.loads(pickle.dumps(compiled)).__dict__  # machine code is not pickled
+    cached = sorted(p.name for p in cache_dir().iterdir())
+    distinct = {(f.booster.model_to_string(), f.raw_score) for f in compiled._forests().values()}  # shared: one
+    assert len(cached) == len(distinct) and all(n.endswith(".o") for n in cached)  # no temporaries
+    again = pickle.loads(pickle.dumps(model)).compile()  # from the cache
+    pd.testing.assert_frame_equal(again.predict(feats), plain, check_exact=True)
+    assert sorted(p.name for p in cache_dir().iterdir()) == cached
+
+
 def test_backtest_beats_chance_and_reports_the_baselines(world):
     from training.backtest import run_backtest
 

@@ -236,10 +236,8 @@ def test_kairos_model_adds_the_uplift_column_when_an_uplift_model_is_attached(wo
     model = KairosModel()
     model.uplift_ = UpliftModel(learner, feature_spec(frame), 14)
     # only the uplift part is exercised: predict's other models are replaced by constants
-    model.matrix = lambda f: f
-    model.purchase_ = type("P", (), {"predict_proba": staticmethod(lambda X: np.full((len(X), 2), 0.5))})()
-    model.second_, model.value_ = None, None
-    model._value_predict = lambda v, X: np.ones(len(X))
+    model.array = lambda f: f
+    model._scores = lambda X, one: (np.full(len(X), 0.5), np.full(len(X), np.nan), np.ones(len(X)))
     rows = frame.head(7).assign(n_orders=2.0)
     scores = model.predict(rows)
     assert scores.columns.tolist() == ["p_purchase", "p_second_purchase", "expected_value", "uplift"]

@@ -9,7 +9,8 @@ Tweedie regression; `value_form="auto"` keeps the one with the better out-of-tim
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 import lightgbm as lgb
 import numpy as np
@@ -21,9 +22,11 @@ from sklearn.metrics import roc_auc_score
 from features.errors import InputError
 from features.spec import FEATURE_DOCS
 from training.btyd import BetaGeoFitter
+from training.compiled import compile_booster, lgb_array
+from training.compiled import predict as predict_compiled
 from training.metrics import normalized_gini
 
-__all__ = ["DEFAULT_PARAMS", "MIN_CUSTOMERS", "FeatureSpec", "KairosModel", "time_split"]
+__all__ = ["DEFAULT_PARAMS", "MIN_CUSTOMERS", "FeatureSpec", "Forest", "KairosModel", "time_split"]
 
 LABELS = ("y_purchase", "y_value")
 MIN_CUSTOMERS = 50
@@ -53,6 +56,14 @@ class FeatureSpec:
 
     def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix of `features`: missing columns become NaN, unseen categories NaN."""
+        return pd.DataFrame(self._columns(features), index=features.index)
+
+    def array(self, features: pd.DataFrame) -> np.ndarray:
+        """The float64 array LightGBM predicts the model matrix from (`lgb_array`), without building the matrix."""
+        return lgb_array(list(self._columns(features).values()))
+
+    def _columns(self, features: pd.DataFrame) -> dict[str, pd.Series | pd.Categorical]:
+        """Each model column of `features`: float64, or a categorical with the categories seen in training."""
         out = {}
         for c in self.columns:
             s = features[c] if c in features.columns else pd.Series(np.nan, index=features.index)
@@ -60,7 +71,7 @@ class FeatureSpec:
                 out[c] = pd.Categorical(s.astype("object").where(s.notna(), None), categories=self.categories[c])
             else:
                 out[c] = pd.to_numeric(s, errors="coerce").astype("float64")
-        return pd.DataFrame(out, index=features.index)
+        return out
 
 
 BTYD_DOCS = {
@@ -125,6 +136,46 @@ def _check(y: np.ndarray, what: str) -> None:
                          f"label in the training windows; more history or more customers are needed")
 
 
+def _value(reg: np.ndarray, buy: np.ndarray | None, scale: float) -> np.ndarray:
+    """Expected value: the regressor's value, times P(buy) for a hurdle model, times the total-matching scale."""
+    return (reg if buy is None else buy * reg) * scale
+
+
+@dataclass(frozen=True)
+class Forest:
+    """One fitted LightGBM estimator: its booster, the (Platt) calibrator of a calibrated classifier, and once
+    compiled its machine code, which gives bitwise the booster's numbers several times faster."""
+
+    booster: lgb.Booster
+    raw_score: bool = False
+    calibrator: object | None = None  # a fitted sklearn calibrator (its `predict` maps scores)
+    compiled: object | None = None
+
+    @classmethod
+    def of(cls, estimator: CalibratedClassifierCV | lgb.LGBMModel) -> Forest:
+        """The forest of a LightGBM estimator, or of the frozen classifier of a CalibratedClassifierCV with its one
+        calibrator (a frozen estimator is calibrated once, not per fold). Like sklearn, the calibrator maps the
+        classifier's decision_function (the raw margin) where it has one, else its probability."""
+        if isinstance(estimator, CalibratedClassifierCV):
+            (pair,) = estimator.calibrated_classifiers_
+            (calibrator,) = pair.calibrators
+            return cls(pair.estimator.estimator.booster_, hasattr(pair.estimator, "decision_function"), calibrator)
+        return cls(estimator.booster_)
+
+    def compile(self) -> Forest:
+        """This forest with its booster compiled (`training.compiled`, cached on disk)."""
+        return replace(self, compiled=compile_booster(self.booster, self.raw_score))
+
+    def predict(self, data: np.ndarray) -> np.ndarray:
+        """The estimator's prediction (a calibrated classifier's P(1): CalibratedClassifierCV.predict_proba[:, 1])
+        of the rows of `data` (`lgb_array`)."""
+        if self.compiled is None:
+            out = self.booster.predict(data, raw_score=self.raw_score)
+        else:
+            out = predict_compiled(self.compiled, data)
+        return out if self.calibrator is None else self.calibrator.predict(out)
+
+
 class KairosModel:
     """Three LightGBM models behind one predict: p_purchase, p_second_purchase and expected_value."""
 
@@ -185,13 +236,13 @@ class KairosModel:
 
     @staticmethod
     def _value_predict(parts: dict, X: pd.DataFrame) -> np.ndarray:
-        pred = parts["reg"].predict(X)
-        if "clf" in parts:
-            pred = parts["clf"].predict_proba(X)[:, 1] * pred
-        return pred * parts.get("scale", 1.0)
+        """Expected value by the fitted estimators, while fitting (`predict` gets the same numbers from `Forest`s)."""
+        buy = parts["clf"].predict_proba(X)[:, 1] if "clf" in parts else None
+        return _value(parts["reg"].predict(X), buy, parts.get("scale", 1.0))
 
     def fit(self, frame: pd.DataFrame) -> KairosModel:
         """Fit the three models on a rolling-origin frame (features plus y_purchase and y_value)."""
+        self.__dict__.pop("_forests_", None)  # forests compiled from an earlier fit
         buyers = frame.loc[frame["n_orders"] > 0].reset_index(drop=True)
         n_customers = buyers["customer_id"].nunique()
         if n_customers < MIN_CUSTOMERS:
@@ -217,26 +268,61 @@ class KairosModel:
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         """Scores of each row: p_purchase, p_second_purchase (one-order customers only), expected_value."""
-        X = self.matrix(features)
-        p = np.clip(self.purchase_.predict_proba(X)[:, 1], P_FLOOR, 1 - P_FLOOR)
         one = features["n_orders"].to_numpy() == 1
-        second = np.full(len(X), np.nan)
-        if one.any():
-            model = self.second_ or self.purchase_
-            second[one] = np.clip(model.predict_proba(X[one])[:, 1], P_FLOOR, 1 - P_FLOOR)
-        scores = pd.DataFrame({"p_purchase": p, "p_second_purchase": second,
-                               "expected_value": np.clip(self._value_predict(self.value_, X), 0, None)},
+        p, second, value = self._scores(self.array(features), one)
+        scores = pd.DataFrame({"p_purchase": p, "p_second_purchase": second, "expected_value": value},
                               index=features.index)
         if getattr(self, "uplift_", None) is not None:  # learned from randomised nudges (training.uplift)
             scores["uplift"] = self.uplift_.predict(features)
         return scores
 
+    def _scores(self, data: np.ndarray, one: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """p_purchase, p_second_purchase (NaN but on the `one` rows) and expected_value of the rows of `data`
+        (`array`)."""
+        forests = self._forests()
+        p = np.clip(forests["purchase"].predict(data), P_FLOOR, 1 - P_FLOOR)
+        second = np.full(len(data), np.nan)
+        if one.any():
+            second[one] = np.clip(forests.get("second", forests["purchase"]).predict(data[one]), P_FLOOR, 1 - P_FLOOR)
+        buy = forests["value_clf"].predict(data) if "value_clf" in forests else None
+        value = _value(forests["value_reg"].predict(data), buy, self.value_.get("scale", 1.0))
+        return p, second, np.clip(value, 0, None)
+
+    def _forests(self) -> dict[str, Forest]:
+        """The fitted estimators by role, compiled after `compile`."""
+        compiled = getattr(self, "_forests_", None)
+        if compiled is not None:
+            return compiled
+        parts = {"purchase": self.purchase_, "second": self.second_, "value_clf": self.value_.get("clf"),
+                 "value_reg": self.value_["reg"]}
+        return {role: Forest.of(est) for role, est in parts.items() if est is not None}
+
+    def compile(self) -> KairosModel:
+        """Compile the boosters to machine code (lleaves; cached on disk per model and CPU): `predict` then gives
+        bitwise the same scores several times faster. For serving and the batch: the first compile of a model takes
+        seconds to minutes, so training and backtests keep LightGBM's own predict."""
+        forests = self._forests()
+        with ThreadPoolExecutor(len(forests)) as pool:  # LLVM compiles outside the GIL
+            self._forests_ = dict(zip(forests, pool.map(Forest.compile, forests.values())))
+        return self
+
+    def __getstate__(self) -> dict:
+        """Pickled without the compiled forests (machine code for this host's CPU): compile again after loading."""
+        return {k: v for k, v in self.__dict__.items() if k != "_forests_"}
+
     def matrix(self, features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix of feature rows: BG/NBD columns from the newest parameters, then the spec."""
+        return self.spec_.matrix(self._with_btyd(features))
+
+    def array(self, features: pd.DataFrame) -> np.ndarray:
+        """The model matrix of feature rows as the float64 array the boosters predict from (`FeatureSpec.array`)."""
+        return self.spec_.array(self._with_btyd(features))
+
+    def _with_btyd(self, features: pd.DataFrame) -> pd.DataFrame:
+        """`features` with the BG/NBD columns of the newest parameters."""
         if not hasattr(self, "spec_"):
             raise ValueError("Model has not been fit yet.")
-        btyd = btyd_features(features, self.bgnbd_latest_, self.horizon_days)
-        return self.spec_.matrix(pd.concat([features, btyd], axis=1))
+        return pd.concat([features, btyd_features(features, self.bgnbd_latest_, self.horizon_days)], axis=1)
 
     def booster(self) -> lgb.Booster:
         """The (uncalibrated) booster of the next-purchase model, for importances and contributions."""
