@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
 import time
 from typing import Annotated
 
@@ -54,6 +55,18 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def _compile(model, version: str) -> None:
+    """Compile the model's boosters (the first time per version and machine can take a minute): until then requests
+    are scored by LightGBM itself, with the same numbers."""
+    t0 = time.perf_counter()
+    try:
+        model.compile()
+    except Exception as exc:  # noqa: BLE001  (LLVM failures must not take the service down; LightGBM keeps scoring)
+        log.warning("model version %s not compiled (%s); scoring with LightGBM", version, type(exc).__name__)
+        return
+    log.info("model version %s compiled in %.1f s", version, time.perf_counter() - t0)
+
+
 @bentoml.service(workers=1, traffic={"timeout": 60})
 class Kairos:
     """Next-best-action scoring: the champion model, the feature snapshot, the policy and the contact log."""
@@ -66,7 +79,7 @@ class Kairos:
 
         t0 = time.perf_counter()
         model_uri = os.environ.get("KAIROS_MODEL_URI", "models:/kairos@champion")
-        model, version = load_model(model_uri)
+        model, version = load_model(model_uri, compiled=False)  # compiled in the background once ready
         config = load_policy(os.environ.get("KAIROS_POLICY"), os.environ.get("KAIROS_AHA_RULES"))
         snapshot = None
         if os.environ.get("KAIROS_FEATURES"):
@@ -80,6 +93,7 @@ class Kairos:
         log.info("kairos ready: model version %s, %d customers in the snapshot, new customers eligible from day %g, "
                  "loaded in %.1f s", version, len(snapshot) if snapshot is not None else 0, config.delay_days,
                  time.perf_counter() - t0)
+        threading.Thread(target=_compile, args=(model, version), name="kairos-compile", daemon=True).start()
 
     def _answer(self, endpoint: str, customers: list[CustomerIn], record: bool) -> dict:
         import pandas as pd
