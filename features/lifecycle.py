@@ -22,6 +22,7 @@ Moments that matter (`moment_triggers`), emitted for automation systems when the
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,32 +49,34 @@ class StageRules:
     at_risk_probability: float = 0.1
 
 
+def _stages(n: np.ndarray, rec: np.ndarray, overdue: np.ndarray, advocacy: np.ndarray, p_purchase: np.ndarray | None,
+            rules: StageRules) -> np.ndarray:
+    """The stage rules (module doc) on arrays: orders, recency, recency over the usual gap, referrals + reviews."""
+    at_risk = ((n == 1) & (rec > rules.new_days)) | (
+        (n >= 2) & (rec > rules.new_days) & (np.nan_to_num(overdue) > rules.overdue_factor))
+    loyal = (n >= rules.loyal_orders) | ((n >= 2) & (advocacy > 0))
+    if p_purchase is not None:
+        at_risk |= (n >= 2) & (np.asarray(p_purchase, dtype=float) < rules.at_risk_probability)
+    return np.select([n == 0, rec > rules.lapsed_days, at_risk, n == 1, loyal],
+                     ["prospect", "lapsed", "at_risk", "new", "loyal"], default="repeat")
+
+
 def lifecycle_stage(features: pd.DataFrame, p_purchase: np.ndarray | None = None,
                     rules: StageRules = StageRules()) -> pd.Series:
     """Return the stage of each row of `features` (needs n_orders, recency_days, recency_over_gap, n_referral, n_review)."""
-    n = features["n_orders"].to_numpy()
-    rec = features["recency_days"].to_numpy(dtype=float)
-    overdue = features["recency_over_gap"].to_numpy(dtype=float)
-    ambassador = (features["n_referral"].to_numpy() + features["n_review"].to_numpy()) > 0
-    at_risk = ((n == 1) & (rec > rules.new_days)) | (
-        (n >= 2) & (rec > rules.new_days) & (np.nan_to_num(overdue) > rules.overdue_factor))
-    loyal = (n >= rules.loyal_orders) | ((n >= 2) & ambassador)
-    if p_purchase is not None:
-        at_risk |= (n >= 2) & (np.asarray(p_purchase, dtype=float) < rules.at_risk_probability)
-    stage = np.select(
-        [n == 0, rec > rules.lapsed_days, at_risk, n == 1, loyal],
-        ["prospect", "lapsed", "at_risk", "new", "loyal"],
-        default="repeat",
-    )
+    stage = _stages(features["n_orders"].to_numpy(dtype=float), features["recency_days"].to_numpy(dtype=float),
+                    features["recency_over_gap"].to_numpy(dtype=float),
+                    features["n_referral"].to_numpy(dtype=float) + features["n_review"].to_numpy(dtype=float),
+                    p_purchase, rules)
     return pd.Series(stage, index=features.index, name="lifecycle_stage")
 
 
-def moment_triggers(features: pd.DataFrame, lookback_days: float = 1.0, contacted: np.ndarray | None = None,
-                    rules: StageRules = StageRules()) -> np.ndarray:
+def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, lookback_days: float = 1.0,
+                    contacted: np.ndarray | None = None, rules: StageRules = StageRules()) -> np.ndarray:
     """The moments that matter of each row within the last `lookback_days` (see the module doc), comma-separated.
 
     Args:
-        features: rows with the columns of `TRIGGER_COLUMNS`.
+        features: rows with the columns of `TRIGGER_COLUMNS` (a frame, or column arrays; missing ones are unknown).
         lookback_days: how far back a moment counts (the time since the previous run).
         contacted: per row, whether the customer was contacted since first seen (None: nobody was).
         rules: the stage thresholds.
@@ -81,15 +84,17 @@ def moment_triggers(features: pd.DataFrame, lookback_days: float = 1.0, contacte
     Returns:
         An object array: the triggers in `TRIGGERS` order joined by ",", or None where there is none.
     """
-    def col(name: str) -> np.ndarray:
-        return features[name].to_numpy(dtype=float) if name in features.columns else np.full(len(features), np.nan)
+    size = len(next(iter(features.values()))) if isinstance(features, Mapping) and features else len(features)
 
-    n, rec = col("n_orders"), col("recency_days")
+    def col(name: str) -> np.ndarray:
+        return np.asarray(features[name], dtype=float) if name in features else np.full(size, np.nan)
+
+    n, rec, gap = col("n_orders"), col("recency_days"), col("gap_mean_days")
     recent = rec <= lookback_days
     quiet = rec > lookback_days  # no purchase within the lookback: the stage a lookback ago follows from recency
-    now = pd.DataFrame({c: col(c) for c in ("n_orders", "recency_days", "recency_over_gap", "n_referral", "n_review")})
-    before = now.assign(recency_days=rec - lookback_days, recency_over_gap=(rec - lookback_days) / col("gap_mean_days"))
-    stage, earlier = lifecycle_stage(now, rules=rules).to_numpy(), lifecycle_stage(before, rules=rules).to_numpy()
+    advocacy = col("n_referral") + col("n_review")
+    stage = _stages(n, rec, col("recency_over_gap"), advocacy, None, rules)
+    earlier = _stages(n, rec - lookback_days, (rec - lookback_days) / gap, advocacy, None, rules)
     fired = {
         "opt_in": col("days_since_optin") <= lookback_days,
         "first_communication": (col("days_since_first_seen") <= lookback_days) & (
@@ -101,8 +106,8 @@ def moment_triggers(features: pd.DataFrame, lookback_days: float = 1.0, contacte
         "became_loyal": (n == rules.loyal_orders) & recent,
         "first_advocacy": col("days_since_first_advocacy") <= lookback_days,
     }
-    out = np.full(len(features), None, dtype=object)
-    hit = np.column_stack([fired[t] for t in TRIGGERS]) if len(features) else np.zeros((0, len(TRIGGERS)), bool)
+    out = np.full(size, None, dtype=object)
+    hit = np.column_stack([fired[t] for t in TRIGGERS]) if size else np.zeros((0, len(TRIGGERS)), bool)
     for i in np.flatnonzero(hit.any(axis=1)):
         out[i] = ",".join(t for t, h in zip(TRIGGERS, hit[i]) if h)
     return out
