@@ -179,3 +179,26 @@ def test_no_positives_is_a_clear_error():
                           "y_purchase": 0, "y_value": 0.0})
     with pytest.raises(InputError, match="no positives"):
         KairosModel(FAST).fit(frame)
+
+
+def test_compiling_removes_the_folders_of_killed_compiles_only(tmp_path, monkeypatch):
+    import os
+    import time
+
+    import lightgbm as lgb
+
+    from training.compiled import STALE_SECONDS, cache_dir, compile_booster
+
+    monkeypatch.setenv("KAIROS_CACHE_DIR", str(tmp_path))
+    stale, live = cache_dir() / ".compile-killed", cache_dir() / ".compile-running"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "model.txt").write_text("half")
+    old = time.time() - STALE_SECONDS - 60
+    os.utime(stale, (old, old))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 4}, lgb.Dataset(X, X[:, 0] > 0), 5)
+    forest = compile_booster(booster)
+    np.testing.assert_array_equal(forest.predict(X), booster.predict(X))
+    assert not stale.exists() and live.exists()

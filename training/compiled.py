@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pandas as pd
 __all__ = ["PARALLEL_ROWS", "cache_dir", "compile_booster", "lgb_array", "predict"]
 
 PARALLEL_ROWS = 10_000  # fewer rows run on one thread: starting threads would cost more than it saves
+STALE_SECONDS = 3600  # a compile folder this old belongs to a process killed while compiling (a compile takes < 1 min)
 
 
 def cache_dir() -> Path:
@@ -46,6 +49,7 @@ def compile_booster(booster: lgb.Booster, raw_score: bool = False):
     text = booster.model_to_string()
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root)
     key = hashlib.sha256(f"{text}\n{_host()} raw_score={raw_score} one block".encode()).hexdigest()[:40]
     cached = root / f"{key}.o"
     with tempfile.TemporaryDirectory(dir=root, prefix=".compile-") as tmp:
@@ -57,6 +61,16 @@ def compile_booster(booster: lgb.Booster, raw_score: bool = False):
         if target != cached:  # compiled beside the cache and renamed: a concurrent reader never sees half a file
             os.replace(target, cached)
     return forest
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove the compile folders of processes killed while compiling (TemporaryDirectory cleans up all others)."""
+    for folder in root.glob(".compile-*"):
+        try:
+            if time.time() - folder.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:  # removed by a concurrent process meanwhile
+            continue
 
 
 def lgb_array(columns: list[pd.Series | pd.Categorical | np.ndarray], block_rows: int = 8192) -> np.ndarray:
