@@ -139,6 +139,23 @@ def test_raw_history_of_a_new_customer_is_scored_on_the_fly(client):
     assert row["n_orders"] == 1 and row["p_second_purchase"] is not None
 
 
+def test_raw_history_gets_the_aha_message_and_the_moments_of_the_batch_code(world):
+    from dataclasses import replace
+
+    from features.aha_rules import AhaRule
+    from serving.api import CustomerIn, Scorer
+    from serving.policy import load_policy
+
+    config = replace(load_policy(), new_customer_delay_days=0.0, aha_rules=(AhaRule("app_session", 3, 7),))
+    now = pd.Timestamp("2025-06-01 12:00")
+    item = CustomerIn(customer_id="NEW-2", transactions=[{"timestamp": "2025-06-01T00:00:00", "amount": 90.0}],
+                      events=[{"timestamp": "2025-06-01T06:00:00", "event": "app_session"}])
+    row = Scorer(world.model, world.version, config).score([item], with_reasons=False, now=now)[0]
+    assert "at least 3 app_session within 7 days of the first purchase (1 so far" in row["reasons"]
+    assert row["message"] in ("aha_app_session", None)  # None only when held (e.g. a low expected value)
+    assert row["triggers"] == "first_communication,first_purchase"
+
+
 def test_next_best_action_records_the_nudge_and_the_cooldown_holds(client, world):
     ids = ids_where(world, lambda f: f["lifecycle_stage"].isin(["loyal", "at_risk"]))[:200]
     first = client.post("/next_best_action", json={"customers": [{"customer_id": i} for i in ids]}).json()["results"]
