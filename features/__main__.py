@@ -12,13 +12,12 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from features.schema import add_input_arguments
+
     p = argparse.ArgumentParser(prog="python -m features", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="point-in-time features as of a date, to Parquet")
-    b.add_argument("--transactions", required=True)
-    b.add_argument("--events")
-    b.add_argument("--customers")
-    b.add_argument("--as-of", required=True)
+    add_input_arguments(b)
     b.add_argument("--out", required=True)
     b.add_argument("--engine", choices=["pandas", "spark"], default="pandas",
                    help="pandas (one process) or spark (the same feature function per customer partition)")

@@ -8,6 +8,7 @@ the common cause) and counted.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,8 @@ import pandas as pd
 from features.errors import InputError
 from features.io import read_table
 
-__all__ = ["SCHEMAS", "Schema", "as_utc_naive", "load", "parse_as_of", "text_columns", "validate"]
+__all__ = ["SCHEMAS", "Schema", "add_input_arguments", "as_utc_naive", "load", "parse_as_of", "text_columns",
+           "validate"]
 
 ID, TIME, FLOAT, TEXT, BOOL = "id", "time", "float", "text", "bool"
 
@@ -215,6 +217,14 @@ def load(kind: str, path: str | Path | None) -> pd.DataFrame | None:
     if path is None:
         return None
     return validate(read_table(path, dictionary=text_columns(kind)), kind, str(path))
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The canonical inputs of a command line (DESIGN.md): --transactions, --events, --customers, --as-of."""
+    parser.add_argument("--transactions", required=True)
+    parser.add_argument("--events")
+    parser.add_argument("--customers")
+    parser.add_argument("--as-of", required=True)
 
 
 def parse_as_of(text: str) -> pd.Timestamp:

@@ -15,13 +15,12 @@ DEFAULT_MODEL = "models:/kairos@champion"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from features.schema import add_input_arguments
+
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("batch", help="score every customer as of a date and decide the next best action")
-    b.add_argument("--transactions", required=True)
-    b.add_argument("--events")
-    b.add_argument("--customers")
-    b.add_argument("--as-of", required=True)
+    add_input_arguments(b)
     b.add_argument("--out", required=True, help="scores.parquet (a directory with --partition-by-date)")
     b.add_argument("--model-uri", default=DEFAULT_MODEL)
     b.add_argument("--budget", type=float, help="total contact cost of this run (highest priority first)")

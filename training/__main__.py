@@ -12,11 +12,10 @@ __all__ = ["main"]
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--transactions", required=True)
-    p.add_argument("--events")
+    from features.schema import add_input_arguments
+
+    add_input_arguments(p)
     p.add_argument("--nudges")
-    p.add_argument("--customers")
-    p.add_argument("--as-of", required=True)
     p.add_argument("--horizon-days", type=int, default=90)
     p.add_argument("--value-horizon-days", type=int, default=365)
     p.add_argument("--experiment", default="kairos")
