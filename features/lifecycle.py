@@ -71,12 +71,13 @@ def lifecycle_stage(features: pd.DataFrame, p_purchase: np.ndarray | None = None
     return pd.Series(stage, index=features.index, name="lifecycle_stage")
 
 
-def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, lookback_days: float = 1.0,
+def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: int, lookback_days: float = 1.0,
                     contacted: np.ndarray | None = None, rules: StageRules = StageRules()) -> np.ndarray:
     """The moments that matter of each row within the last `lookback_days` (see the module doc), comma-separated.
 
     Args:
         features: rows with the columns of `TRIGGER_COLUMNS` (a frame, or column arrays; missing ones are unknown).
+        n_rows: the number of rows.
         lookback_days: how far back a moment counts (the time since the previous run).
         contacted: per row, whether the customer was contacted since first seen (None: nobody was).
         rules: the stage thresholds.
@@ -84,10 +85,8 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, lookback_
     Returns:
         An object array: the triggers in `TRIGGERS` order joined by ",", or None where there is none.
     """
-    size = len(next(iter(features.values()))) if isinstance(features, Mapping) and features else len(features)
-
     def col(name: str) -> np.ndarray:
-        return np.asarray(features[name], dtype=float) if name in features else np.full(size, np.nan)
+        return np.asarray(features[name], dtype=float) if name in features else np.full(n_rows, np.nan)
 
     n, rec, gap = col("n_orders"), col("recency_days"), col("gap_mean_days")
     recent = rec <= lookback_days
@@ -106,8 +105,8 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, lookback_
         "became_loyal": (n == rules.loyal_orders) & recent,
         "first_advocacy": col("days_since_first_advocacy") <= lookback_days,
     }
-    out = np.full(size, None, dtype=object)
-    hit = np.column_stack([fired[t] for t in TRIGGERS]) if size else np.zeros((0, len(TRIGGERS)), bool)
+    out = np.full(n_rows, None, dtype=object)
+    hit = np.column_stack([fired[t] for t in TRIGGERS]) if n_rows else np.zeros((0, len(TRIGGERS)), bool)
     for i in np.flatnonzero(hit.any(axis=1)):
         out[i] = ",".join(t for t, h in zip(TRIGGERS, hit[i]) if h)
     return out

@@ -261,8 +261,7 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
                        f"days of the first purchase ({np.asarray(cols[r.column], dtype=float)[i]:.0f} so far; "
                        f"correlational, aha_rules.csv)")
     first_seen_ns = as_of_ns - np.asarray(cols.get("days_since_first_seen", np.full(n, np.nan)), dtype=float) * DAY_NS
-    triggers = moment_triggers({c: cols[c] for c in TRIGGER_COLUMNS if c in cols} or {"n_orders": np.full(n, np.nan)},
-                               config.trigger_lookback_days, contacts["last_contact_ns"] >= first_seen_ns)
+    triggers = moment_triggers(cols, n, config.trigger_lookback_days, contacts["last_contact_ns"] >= first_seen_ns)
     return {"action": np.where(nudge, "nudge", "hold").astype(object),
             "channel": np.where(nudge, chan, None), "message": np.where(nudge, msg, None),
             "priority": np.where(has, priority, np.nan), "reasons": reasons, "triggers": triggers}

@@ -35,7 +35,7 @@ def moments() -> pd.DataFrame:
 
 
 def test_each_moment_fires_on_its_day_and_only_then(moments):
-    got = dict(zip(moments.index, moment_triggers(moments, lookback_days=1)))
+    got = dict(zip(moments.index, moment_triggers(moments, len(moments), lookback_days=1)))
     assert got == {
         "N": "first_communication,first_purchase", "O": "opt_in,first_communication", "O2": "opt_in",
         "R": "repeat_purchase", "X": "repeat_purchase,reactivated", "Q": "reactivation_due",
@@ -46,7 +46,7 @@ def test_each_moment_fires_on_its_day_and_only_then(moments):
 
 def test_a_contact_since_first_seen_means_the_first_communication_happened(moments):
     contacted = (moments.index == "N")
-    got = dict(zip(moments.index, moment_triggers(moments, 1, contacted)))
+    got = dict(zip(moments.index, moment_triggers(moments, len(moments), 1, contacted)))
     assert got["N"] == "first_purchase" and got["O"] == "opt_in,first_communication"
 
 
@@ -54,8 +54,9 @@ def test_a_longer_lookback_catches_the_moments_of_a_missed_night(moments):
     late = moments.assign(**{c: moments[c] + 1 for c in moments.columns if c.endswith("_days") or
                              c.startswith("days_")})  # the same customers seen one day later
     late["recency_over_gap"] = late["recency_days"] / late["gap_mean_days"]
-    assert moment_triggers(late, lookback_days=1)[list(moments.index).index("N")] is None
-    assert moment_triggers(late, lookback_days=2)[list(moments.index).index("N")] == "first_communication,first_purchase"
+    assert moment_triggers(late, len(late), lookback_days=1)[list(moments.index).index("N")] is None
+    assert moment_triggers(late, len(late), lookback_days=2)[list(moments.index).index("N")] == \
+        "first_communication,first_purchase"
 
 
 def aha_config(*rules: AhaRule) -> PolicyConfig:
