@@ -57,9 +57,9 @@ def _build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     params = FeatureParams()
     if args.aha_rules:
-        from features.aha_rules import load_aha_rules, rule_actions
+        from features.aha_rules import feature_params, load_aha_rules
 
-        params = FeatureParams(aha_actions=rule_actions(load_aha_rules(args.aha_rules)))
+        params = feature_params(load_aha_rules(args.aha_rules))
     if args.engine == "spark":
         from features.spark_engine import run_build
 

@@ -10,8 +10,9 @@ from features.aha import action_column
 from features.aha_advice import significant
 from features.errors import InputError
 from features.io import read_table
+from features.pipeline import FeatureParams
 
-__all__ = ["AhaRule", "load_aha_rules", "rule_actions"]
+__all__ = ["AhaRule", "feature_params", "load_aha_rules"]
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,9 @@ class AhaRule:
         return action_column(self.action, self.within_days)
 
 
-def rule_actions(rules: tuple[AhaRule, ...]) -> tuple[tuple[str, int], ...]:
-    """The distinct (action, days) pairs of `rules`: `FeatureParams.aha_actions`, whose counts the policy reads."""
-    return tuple(dict.fromkeys((r.action, r.within_days) for r in rules))
+def feature_params(rules: tuple[AhaRule, ...]) -> FeatureParams:
+    """The feature parameters whose Aha-rule count columns `rules` read (each distinct action and window once)."""
+    return FeatureParams(aha_actions=tuple(dict.fromkeys((r.action, r.within_days) for r in rules)))
 
 
 def load_aha_rules(path: str | Path, max_rules: int = 3) -> tuple[AhaRule, ...]:

@@ -120,7 +120,7 @@ class Scorer:
         return out
 
     def _raw(self, item: CustomerIn, now: pd.Timestamp, with_reasons: bool) -> dict:
-        from features.pipeline import FeatureParams, build_features
+        from features.pipeline import build_features
         from features.schema import parse_as_of, validate
 
         cid = item.customer_id
@@ -138,10 +138,9 @@ class Scorer:
         ev = validate(pd.DataFrame(evs), "events", f"{cid}.events") if evs else None
         cu = validate(pd.DataFrame([{**(item.attributes or {}), "customer_id": cid}]), "customers") \
             if item.attributes else None
-        params = FeatureParams(aha_actions=self.config.aha_actions)
-        feats = build_features(tx, as_of, ev, cu, params)
+        feats = build_features(tx, as_of, ev, cu, self.config.feature_params)
         if feats.empty:
-            feats = build_features(tx, as_of, ev, pd.DataFrame({"customer_id": [cid]}), params)
+            feats = build_features(tx, as_of, ev, pd.DataFrame({"customer_id": [cid]}), self.config.feature_params)
         scores = self.model.predict(feats)
         cols = {c: feats[c].to_numpy() for c in self.columns if c in feats.columns}
         cols.update({c: scores[c].to_numpy(dtype=float)

@@ -49,7 +49,7 @@ def run_batch(opt: BatchOptions) -> dict:
     """Run the batch; returns a summary (path, counts, model version, fingerprint, seconds)."""
     from features.errors import InputError
     from features.io import write_parquet
-    from features.pipeline import FeatureParams, build_features
+    from features.pipeline import build_features
     from features.schema import load, parse_as_of
     from serving.contact_log import ContactLog
     from serving.policy import load_policy, resolve_timing
@@ -70,8 +70,7 @@ def run_batch(opt: BatchOptions) -> dict:
     inputs = Inputs(load("transactions", opt.transactions), load("events", opt.events), load("customers", opt.customers))
     _say(f"building features for {inputs.transactions['customer_id'].nunique():,} customers "
          f"from {len(inputs.transactions):,} lines")
-    feats = build_features(inputs.transactions, as_of, inputs.events, inputs.customers,
-                           FeatureParams(aha_actions=config.aha_actions))
+    feats = build_features(inputs.transactions, as_of, inputs.events, inputs.customers, config.feature_params)
     if feats.empty:
         raise InputError(f"{opt.transactions}: no customer is known by --as-of {opt.as_of}")
     _say(f"loading model {opt.model_uri}")

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from features.aha_rules import AhaRule, load_aha_rules, rule_actions
+from features.aha_rules import AhaRule, feature_params, load_aha_rules
 from features.errors import InputError
 from features.lifecycle import TRIGGER_COLUMNS, moment_triggers
+from features.pipeline import FeatureParams
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -80,9 +81,9 @@ class PolicyConfig:
     trigger_lookback_days: float = 1.0
 
     @property
-    def aha_actions(self) -> tuple[tuple[str, int], ...]:
-        """The (action, days) pairs whose counts the features must carry (`FeatureParams.aha_actions`)."""
-        return rule_actions(self.aha_rules)
+    def feature_params(self) -> FeatureParams:
+        """The feature parameters the policy reads: the count columns of its Aha rules."""
+        return feature_params(self.aha_rules)
 
     @property
     def delay_days(self) -> float:

@@ -61,7 +61,6 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
     from pyspark import StorageLevel
 
     from features.errors import InputError
-    from features.pipeline import FeatureParams
     from features.schema import parse_as_of
     from features.spark_engine import build_features_spark, read_inputs, spark_input_errors, spark_session, write_output
     from serving.batch import _log_run, output_path
@@ -81,7 +80,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
     spark = spark_session(master)
     _say(f"reading inputs as of {as_of} on {spark.sparkContext.master}")
     inputs = read_inputs(spark, opt.transactions, opt.events, opt.customers)
-    feats = build_features_spark(spark, inputs, as_of, partitions, FeatureParams(aha_actions=config.aha_actions))
+    feats = build_features_spark(spark, inputs, as_of, partitions, config.feature_params)
     feats = feats.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with spark_input_errors():
