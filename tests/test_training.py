@@ -11,7 +11,7 @@ from features.errors import InputError
 from features.labels import training_frame
 from features.pipeline import build_features
 from features.schema import parse_as_of
-from training.models import KairosModel, time_split
+from training.models import DEFAULT_PARAMS, KairosModel, time_split
 
 pytestmark = pytest.mark.slow
 AS_OF = parse_as_of("2025-12-31")
@@ -156,11 +156,17 @@ def test_train_registers_challenger_and_first_champion_then_promotion_gates(worl
 
 
 def test_tune_stores_best_params_that_the_next_train_uses(world, store):
+    import mlflow
+
     from training.train import Inputs, best_tuned_params
     from training.tune import tune
 
     result = tune(Inputs(world.transactions, world.events, world.customers), AS_OF, 90, 180, experiment="t", trials=2)
     assert best_tuned_params("t") == result["best_params"]
+    # the first trial is the untuned defaults, so tuning never ends worse than them on validation
+    first = mlflow.search_runs(experiment_names=["t"], filter_string="attributes.run_name = 'trial-0'", output_format="list")
+    assert first[0].data.params["num_leaves"] == str(DEFAULT_PARAMS["num_leaves"])
+    assert result["best_valid_log_loss"] <= first[0].data.metrics["valid.log_loss"]
 
 
 def test_too_few_customers_is_a_clear_error(store):

@@ -14,6 +14,7 @@ import lightgbm as lgb
 import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
+from features.errors import InputError
 from features.labels import training_frame
 from training.models import DEFAULT_PARAMS, FeatureSpec, time_split
 from training.registry import configure, tracking_uri
@@ -23,11 +24,11 @@ __all__ = ["search_space", "tune"]
 
 
 def search_space(trial) -> dict:
-    """LightGBM parameters proposed by one Optuna trial."""
+    """LightGBM parameters proposed by one Optuna trial (the ranges hold `DEFAULT_PARAMS`, the first trial)."""
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
-        "num_leaves": trial.suggest_int("num_leaves", 8, 128, log=True),
-        "min_child_samples": trial.suggest_int("min_child_samples", 10, 200, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 4, 128, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 10, 400, log=True),
         "subsample": trial.suggest_float("subsample", 0.5, 1.0),
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.4, 1.0),
         "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
@@ -81,10 +82,12 @@ def tune(inputs: Inputs, as_of: pd.Timestamp, horizon_days: int = 90, value_hori
             direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.MedianPruner(n_warmup_steps=20), storage=_study_storage(),
             study_name=f"{experiment}-{run.info.run_id}")
+        # the first trial is the defaults, so the tuned parameters validate at least as well as the untuned ones
+        study.enqueue_trial(search_space(optuna.trial.FixedTrial(DEFAULT_PARAMS)))
         study.optimize(objective, n_trials=trials, timeout=timeout, show_progress_bar=sys.stderr.isatty())
         done = [t for t in study.trials if t.value is not None]
         if not done:
-            raise RuntimeError("no trial finished; raise --timeout")
+            raise InputError(f"--timeout {timeout}: no trial finished in time; raise --timeout")
         best = {**study.best_params, "n_estimators": 1000}
         mlflow.log_metrics({"best.valid.log_loss": study.best_value,
                             "trials_pruned": sum(t.state.name == "PRUNED" for t in study.trials),
