@@ -98,12 +98,13 @@ def _group_min(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> np.ndarray | None:
-    """Channel of each order: the alphabetically first channel of its lines (orders normally have one)."""
-    if "channel" not in tx.columns or not n:
+def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> pd.Categorical | None:
+    """Channel of each order: the alphabetically first channel of its lines (orders normally have one), missing
+    if any line's is. A categorical, so that orders are reordered and compared by integer codes."""
+    if "channel" not in tx.columns:
         return None
     codes, names = _factorized(tx["channel"], sort=True)
-    return np.append(names.to_numpy(dtype=object), "")[_group_min(codes, line_order, n)]  # missing (-1) is ""
+    return pd.Categorical.from_codes(_group_min(codes, line_order, n), categories=pd.Index(names, dtype=object))
 
 
 def _line_orders(cust: np.ndarray, key2: np.ndarray, by_id: bool) -> np.ndarray:
@@ -229,12 +230,18 @@ def _codes_of(values: pd.Series) -> np.ndarray:
 
 
 def _distinct_per_customer(cust: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
-    """Number of distinct non-missing codes per customer (distinct pairs by sorting: far faster than hashing)."""
+    """Number of distinct non-missing codes per customer: from a customers x codes count table when it is no
+    bigger than the rows (few codes: categories, channels), else by sorting the pairs (far faster than hashing)."""
     ok = codes >= 0
     if not ok.any():
         return np.zeros(n, np.int64)
-    base = int(codes.max()) + 2
-    pairs = np.sort(cust[ok].astype(np.int64) * base + codes[ok])
+    if not ok.all():
+        cust, codes = cust[ok], codes[ok]
+    base = int(codes.max()) + 1
+    pairs = cust.astype(np.int64) * base + codes
+    if n * base <= len(codes):
+        return np.count_nonzero(np.bincount(pairs, minlength=n * base).reshape(n, base), axis=1)
+    pairs.sort()
     return np.bincount(pairs[np.r_[True, pairs[1:] != pairs[:-1]]] // base, minlength=n)
 
 
@@ -275,11 +282,15 @@ def _first_order_and_kpa(tx: pd.DataFrame, cust: np.ndarray, orders: pd.DataFram
         out["high_margin_share"] = out["margin_rate"] = nan
     if "channel" in tx.columns:
         buy = orders["amount"].to_numpy() > 0
-        ch = orders["channel"].fillna("").to_numpy(dtype=str)
+        channel = orders["channel"].array  # a categorical (`_order_channel`)
+        app = channel.categories.get_indexer(["app"])[0]
+        is_app = channel.codes == app if app >= 0 else np.zeros(len(channel), bool)
         oc = orders["cust"].to_numpy()
-        out["app_order_share"] = _ratio(np.bincount(oc[buy & (ch == "app")], minlength=n), np.bincount(oc[buy], minlength=n))
+        out["app_order_share"] = _ratio(np.bincount(oc[buy & is_app], minlength=n), np.bincount(oc[buy], minlength=n))
         out["n_channels"] = _distinct_per_customer(bc, _codes_of(tx["channel"])[buy_line], n)
-        out["first_order_channel"] = np.where(has, ch[fo], None) if len(ch) else np.full(n, None, dtype=object)
+        names = np.append(channel.categories.to_numpy(dtype=object), "")  # a missing channel (code -1) is ""
+        out["first_order_channel"] = (np.where(has, names[channel.codes[fo]], None) if len(channel)
+                                      else np.full(n, None, dtype=object))
     else:
         out["app_order_share"] = out["n_channels"] = nan
         out["first_order_channel"] = np.full(n, None, dtype=object)
