@@ -137,6 +137,10 @@ def _summary(args: argparse.Namespace) -> int:
     from features.io import read_table
 
     df = read_table(args.features)
+    absent = [c for c in ("as_of", "n_orders", "days_first_to_second", "lifecycle_stage") if c not in df.columns]
+    if absent:
+        raise InputError(f"{args.features}: not a features file (no column {', '.join(absent)}); "
+                         "make one with `python -m features build`")
     buyers = df.loc[df["n_orders"] > 0]
     print(f"{len(df):,} customers as of {df['as_of'].iloc[0]}; {len(buyers):,} have bought")
     print(f"orders per buyer: median {buyers['n_orders'].median():.0f}, mean {buyers['n_orders'].mean():.2f}; "

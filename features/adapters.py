@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
+from features.schema import as_id, offending_rows
 
 __all__ = ["ADAPTERS", "DROPPED_STOCK_CODES", "HILLSTROM_CAMPAIGN_DATE", "adapt", "complete_journey", "hillstrom",
            "online_retail", "retail_category"]
@@ -97,20 +98,16 @@ def _require(df: pd.DataFrame, columns: list[str], path: Path, source: str) -> N
                          f"(found: {', '.join(map(str, df.columns[:12]))})")
 
 
-def _id_str(s: pd.Series) -> pd.Series:
-    """Ids as strings: floats and float-looking text lose their '.0' (13085.0 -> '13085', 4.0128e+10 -> '40128000000')."""
-    if pd.api.types.is_float_dtype(s):
-        whole = s.dropna()
-        if (whole == np.floor(whole)).all():
-            s = s.astype("Int64")
-        return s.astype("str").where(s.notna(), None)
-    out = s.astype("str").where(s.notna(), None).str.strip()
-    floaty = out.str.contains(r"^[0-9.]+(?:[eE][+-]?[0-9]+)?$", na=False) & out.str.contains(r"[.eE]", na=False)
-    if floaty.any():
-        num = pd.to_numeric(out[floaty], errors="coerce")
-        ok = num.notna() & (num == np.floor(num))
-        out.loc[ok[ok].index] = num[ok].astype("int64").astype("str")
-    return out.where(out.fillna("") != "", None)
+def _numeric_columns(df: pd.DataFrame, columns: list[str], path: Path) -> pd.DataFrame:
+    """`df` with `columns` as float64; a missing or non-numeric value is an error naming the file, column and rows."""
+    out = df.copy()
+    for col in columns:
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna().to_numpy()
+        if bad.any():
+            raise offending_rows(str(path), col, "is not a number", df[col], bad)
+        out[col] = num.astype("float64")
+    return out
 
 
 def _timestamps(s: pd.Series, path: Path, column: str) -> pd.Series:
@@ -184,7 +181,7 @@ def online_retail(path: Path) -> dict[str, pd.DataFrame]:
     _require(df, [names[spelling] for names in _OR_COLUMNS.values()], file,
              "Online Retail II" if spelling == 0 else "Online Retail")
     col = {key: names[spelling] for key, names in _OR_COLUMNS.items()}
-    customer = _id_str(df[col["customer"]])
+    customer = as_id(df[col["customer"]])
     stock = df[col["stock_code"]].astype("str").str.strip()
     keep = customer.notna() & ~stock.str.upper().isin(DROPPED_STOCK_CODES)
     df, customer, stock = df[keep], customer[keep], stock[keep]
@@ -194,7 +191,7 @@ def online_retail(path: Path) -> dict[str, pd.DataFrame]:
         "customer_id": customer.astype("str"),
         "timestamp": _timestamps(df[col["date"]], file, col["date"]),
         "amount": quantity * price,
-        "order_id": _id_str(df[col["invoice"]]).astype("str"),
+        "order_id": as_id(df[col["invoice"]]).astype("str"),
         "product_id": stock.astype("str"),
         "category": retail_category(stock, df[col["description"]]),
         "quantity": quantity,
@@ -229,7 +226,7 @@ def hillstrom(path: Path) -> dict[str, pd.DataFrame]:
     _require(df, _HILLSTROM_COLUMNS, file, "Hillstrom MineThatData")
     width = max(5, len(str(len(df))))
     ids = pd.Series([f"H{i:0{width}d}" for i in range(1, len(df) + 1)], dtype="str")
-    df = df.reset_index(drop=True)
+    df = _numeric_columns(df.reset_index(drop=True), ["recency", "history", "visit", "conversion", "spend"], file)
     arm = df["segment"].astype("str").str.strip().map(_HILLSTROM_ARMS)
     if arm.isna().any():
         raise InputError(f"{file}: column 'segment' has unknown values {sorted(set(df['segment'][arm.isna()]))[:3]}")
@@ -292,19 +289,19 @@ def complete_journey(path: Path) -> dict[str, pd.DataFrame]:
     tx = _read(tx_file, dtype={"household_id": str, "basket_id": str, "product_id": str})
     _require(tx, ["household_id", "basket_id", "product_id", "quantity", "sales_value", "transaction_timestamp"],
              tx_file, "The Complete Journey transactions")
-    product_id = _id_str(tx["product_id"])
+    product_id = as_id(tx["product_id"])
     category = pd.Series("UNKNOWN", index=tx.index, dtype="str")
     if (products_file := _cj_file(directory, "products")) is not None:
         products = _read(products_file, dtype={"product_id": str, "department": str})
         _require(products, ["product_id", "department"], products_file, "The Complete Journey products")
-        department = products.assign(product_id=_id_str(products["product_id"])).drop_duplicates("product_id")
+        department = products.assign(product_id=as_id(products["product_id"])).drop_duplicates("product_id")
         department = department.set_index("product_id")["department"]
         category = product_id.map(department).fillna("UNKNOWN").astype("str")
     out = {"transactions": pd.DataFrame({
-        "customer_id": _id_str(tx["household_id"]).astype("str"),
+        "customer_id": as_id(tx["household_id"]).astype("str"),
         "timestamp": _timestamps(tx["transaction_timestamp"], tx_file, "transaction_timestamp"),
         "amount": pd.to_numeric(tx["sales_value"], errors="coerce").astype("float64"),
-        "order_id": _id_str(tx["basket_id"]).astype("str"),
+        "order_id": as_id(tx["basket_id"]).astype("str"),
         "product_id": product_id.astype("str"),
         "category": category,
         "quantity": pd.to_numeric(tx["quantity"], errors="coerce").astype("float64"),
@@ -319,7 +316,7 @@ def complete_journey(path: Path) -> dict[str, pd.DataFrame]:
                  "The Complete Journey campaign descriptions")
         merged = campaigns.drop_duplicates(["household_id", "campaign_id"]).merge(desc, on="campaign_id", how="inner")
         out["nudges"] = pd.DataFrame({
-            "customer_id": _id_str(merged["household_id"]).astype("str"),
+            "customer_id": as_id(merged["household_id"]).astype("str"),
             "timestamp": _timestamps(merged["start_date"], descriptions_file, "start_date"),
             "campaign": ("campaign_" + merged["campaign_id"].str.strip()).astype("str"),
             "channel": merged["campaign_type"].astype("str"),
@@ -331,7 +328,7 @@ def complete_journey(path: Path) -> dict[str, pd.DataFrame]:
         red = _read(redemptions_file, dtype={"household_id": str})
         _require(red, ["household_id", "redemption_date"], redemptions_file, "The Complete Journey coupon redemptions")
         per_day = pd.DataFrame({
-            "customer_id": _id_str(red["household_id"]).astype("str"),
+            "customer_id": as_id(red["household_id"]).astype("str"),
             "timestamp": _timestamps(red["redemption_date"], redemptions_file, "redemption_date"),
         }).value_counts(sort=False).rename("value").reset_index()
         per_day.insert(2, "event", pd.Series("coupon_redemption", index=per_day.index, dtype="str"))
@@ -339,7 +336,7 @@ def complete_journey(path: Path) -> dict[str, pd.DataFrame]:
     if (demographics_file := _cj_file(directory, "demographics")) is not None:
         demo = _read(demographics_file, dtype=str)
         _require(demo, ["household_id"], demographics_file, "The Complete Journey demographics")
-        demo.insert(0, "customer_id", _id_str(demo.pop("household_id")).astype("str"))
+        demo.insert(0, "customer_id", as_id(demo.pop("household_id")).astype("str"))
         out["customers"] = demo.reset_index(drop=True)
     return out
 

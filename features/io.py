@@ -50,7 +50,7 @@ def read_table(path: str | Path, dictionary: Collection[str] = ()) -> pd.DataFra
             # a block per column (no copy into 2-D blocks), Arrow buffers released as they are converted
             df = table.to_pandas(split_blocks=True, self_destruct=True)
         elif name.endswith(_CSV_SUFFIXES):
-            df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""],
+            df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""], index_col=False,
                              sep="\t" if name.endswith(".tsv") else ",")
         else:
             raise InputError(f"{p}: unknown file type (expected .csv or .parquet)")
@@ -75,7 +75,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     this host left behind (a killed batch: no `finally` runs) are removed first.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory; the output must be a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{target}: a parent of the output path is a file, not a directory") from None
     owner = f".{target.name}.{os.uname().nodename}-"
     for old in target.parent.iterdir():
         pid = old.name.removeprefix(owner).split(".")[0]

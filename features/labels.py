@@ -36,12 +36,13 @@ def build_labels(transactions: pd.DataFrame, cutoff: pd.Timestamp, customer_ids:
     pos = pd.Index(ids).get_indexer(win["customer_id"])
     known = pos >= 0
     win, pos = win.loc[known], pos[known]
-    orders, _ = order_table(win, pos)
-    h_end = (cutoff + pd.Timedelta(days=horizon_days)).value
-    buy = (orders["amount"].to_numpy() > 0) & (orders["ts"].to_numpy() <= h_end)
-    v_end = (cutoff + pd.Timedelta(days=value_horizon_days)).value
+    ts = win["timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64)
+    # orders of the purchase window from its own lines: a later line of the same order (a return) cannot undo it
+    in_h = ts <= (cutoff + pd.Timedelta(days=horizon_days)).value
+    orders, _ = order_table(win.loc[in_h], pos[in_h])
+    buy = orders["amount"].to_numpy() > 0
     vcol = value_column(transactions)
-    in_v = win["timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64) <= v_end
+    in_v = ts <= (cutoff + pd.Timedelta(days=value_horizon_days)).value
     value = np.bincount(pos[in_v], win[vcol].to_numpy(dtype=float)[in_v], len(ids))
     return pd.DataFrame({
         "customer_id": pd.array(ids, dtype="str"),

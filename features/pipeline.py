@@ -100,17 +100,18 @@ def _group_min(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
 
 def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> pd.Categorical | None:
     """Channel of each order: the alphabetically first channel of its lines (orders normally have one), missing
-    if any line's is. A categorical, so that orders are reordered and compared by integer codes."""
+    only if no line has one. A categorical, so that orders are reordered and compared by integer codes."""
     if "channel" not in tx.columns:
         return None
     codes, names = _factorized(tx["channel"], sort=True)
-    return pd.Categorical.from_codes(_group_min(codes, line_order, n), categories=pd.Index(names, dtype=object))
+    first = _group_min(np.where(codes >= 0, codes, len(names)), line_order, n)
+    return pd.Categorical.from_codes(np.where(first < len(names), first, -1), categories=pd.Index(names, dtype=object))
 
 
 def _line_orders(cust: np.ndarray, key2: np.ndarray, by_id: bool) -> np.ndarray:
     """The order (0..n-1) of each line: its customer and `key2` (order id codes if `by_id`, else timestamps).
 
-    When no order id is missing and none is shared by two customers, the order id alone is the order: its codes
+    When no order id is shared by two customers, the order id alone is the order: its codes
     are compacted instead of hashing millions of (customer, order) pairs."""
     if not len(key2):
         return np.zeros(0, np.int64)
@@ -137,6 +138,10 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
     # order key: the rank of order_id in sorted order (or the timestamp), combined with the customer code
     by_id = "order_id" in tx.columns
     key2 = _factorized(tx["order_id"], sort=True)[0] if by_id else ts
+    if by_id and len(key2) and key2.min() < 0:  # lines without an order id: one order per customer and timestamp
+        no_id = key2 < 0
+        key2 = key2.copy()
+        key2[no_id] = key2.max() + 1 + pd.factorize(ts[no_id], sort=True)[0]
     line_order = _line_orders(cust, key2, by_id)
     n = int(line_order.max()) + 1 if len(tx) else 0
     first_line = _group_min(np.arange(len(tx)), line_order, n)
@@ -350,17 +355,11 @@ def _aha_counts(tx: pd.DataFrame, ev: pd.DataFrame | None, ids: np.ndarray,
     return {name: _take(values, pos) for name, values in counts.items()}
 
 
-def _numbers(s: pd.Series) -> pd.Series:
-    """`s` as numbers (NaN where a value is not one); text is parsed once per distinct value, not per row."""
-    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-        return pd.to_numeric(s, errors="coerce")
-    codes, uniques = pd.factorize(s)
-    parsed = pd.to_numeric(pd.Series(uniques), errors="coerce").to_numpy(dtype=float)
-    return pd.Series(np.append(parsed, np.nan)[codes], index=s.index)
-
-
 def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Static attributes as `attr_<column>`: numbers as they are, dates as days before as-of, text as category."""
+    """Static attributes as `attr_<column>`: numbers as they are, dates as days before as-of, text as category.
+
+    The column's dtype decides, never the values of the customers at hand, so that every subset of customers gets
+    the same types (`features.schema.load` makes text columns of numbers numeric, deciding on the whole table)."""
     if customers is None:
         return pd.DataFrame(index=pd.RangeIndex(len(ids)))
     table = customers.drop_duplicates("customer_id").set_index(customers["customer_id"].astype(str))
@@ -372,9 +371,8 @@ def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Times
             days = (as_of - as_utc_naive(s)).dt.total_seconds().to_numpy() / 86_400
             out[f"attr_{col}_days"] = np.where(days >= 0, days, np.nan)
             continue
-        num = _numbers(s)
-        if pd.api.types.is_bool_dtype(s) or num.notna().sum() == s.notna().sum():
-            out[f"attr_{col}"] = num.to_numpy(dtype=float)
+        if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+            out[f"attr_{col}"] = s.to_numpy(dtype=float, na_value=np.nan)
         else:
             out[f"attr_{col}"] = s.astype("str").where(s.notna(), None).to_numpy(dtype=object)
     return pd.DataFrame(out, index=pd.RangeIndex(len(ids)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ import pandas as pd
 from features.errors import InputError
 from features.io import read_table
 
-__all__ = ["SCHEMAS", "Schema", "add_input_arguments", "as_utc_naive", "load", "parse_as_of", "text_columns",
-           "validate"]
+__all__ = ["SCHEMAS", "Schema", "add_input_arguments", "as_id", "as_utc_naive", "load", "numeric_attributes",
+           "offending_rows", "parse_as_of", "text_columns", "validate"]
 
 ID, TIME, FLOAT, TEXT, BOOL = "id", "time", "float", "text", "bool"
 
@@ -61,11 +62,12 @@ def text_columns(kind: str) -> list[str]:
     return [c for c, k in {**schema.required, **schema.optional}.items() if k in (ID, TEXT)]
 
 
+_AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?")
 _TRUE = {"true", "t", "1", "yes", "y", "1.0"}
 _FALSE = {"false", "f", "0", "no", "n", "0.0"}
 
 
-def _offending(source: str, column: str, problem: str, raw: pd.Series, bad: np.ndarray) -> InputError:
+def offending_rows(source: str, column: str, problem: str, raw: pd.Series, bad: np.ndarray) -> InputError:
     """Build the one-line error naming the file, the column and up to five offending rows (1-based)."""
     idx = np.flatnonzero(bad)
     shown = ", ".join(f"row {i + 1} ({raw.iloc[i]!r})" for i in idx[:5])
@@ -73,12 +75,23 @@ def _offending(source: str, column: str, problem: str, raw: pd.Series, bad: np.n
     return InputError(f"{source}: column '{column}' {problem} in {len(idx):,} of {len(raw):,} rows: {shown}{more}")
 
 
-def _as_id(s: pd.Series) -> pd.Series:
-    if pd.api.types.is_float_dtype(s):
-        whole = s.dropna()
-        if (whole == np.floor(whole)).all():
-            s = s.astype("Int64")
-    return s.astype("str").where(s.notna(), None).str.strip()
+def as_id(s: pd.Series) -> pd.Series:
+    """Ids as stripped strings (None where missing or blank); whole numbers written as floats lose the '.0'
+    (13085.0 and '13085.0' -> '13085', 4.0128e+10 -> '40128000000'), so that a numeric id is one customer
+    whether a file stores it as a number, as text or as a float (CSV exports, Parquet float columns)."""
+    out = s.astype("str").where(s.notna(), None).str.strip()
+    floaty = out.str.contains(r"^-?[0-9.]+(?:[eE][+-]?[0-9]+)?$", na=False) & out.str.contains(r"[.eE]", na=False)
+    if floaty.any():
+        num = pd.to_numeric(out[floaty], errors="coerce")
+        ok = num.notna() & (num == np.floor(num)) & (num.abs() < 2**63)
+        out.loc[ok[ok].index] = num[ok].astype("int64").astype("str")
+    return out.where(out.fillna("") != "", None)
+
+
+def _as_text(s: pd.Series) -> pd.Series:
+    """Text stripped of surrounding blanks (' app' is 'app'); missing or blank is None."""
+    out = s.astype("str").where(s.notna(), None).str.strip()
+    return out.where(out.fillna("") != "", None)
 
 
 def _distinct(s: pd.Series) -> tuple[np.ndarray, pd.Series]:
@@ -97,7 +110,8 @@ def _categorical(codes: np.ndarray, text: pd.Series, index: pd.Index) -> pd.Seri
 
 
 def as_utc_naive(s: pd.Series) -> pd.Series:
-    """Dates or datetimes (ISO 8601 text or datetime64, any offsets) as naive UTC datetime64[ns]; NaT if unparseable."""
+    """Dates or datetimes (ISO 8601 text or datetime64, any offsets) as naive UTC datetime64[ns]; NaT if unparseable
+    or outside the nanosecond range (years 1678-2261: placeholders such as 9999-12-31)."""
     if pd.api.types.is_datetime64_any_dtype(s):
         out = s
     else:
@@ -105,6 +119,8 @@ def as_utc_naive(s: pd.Series) -> pd.Series:
         out = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
     if getattr(out.dt, "tz", None) is not None:
         out = out.dt.tz_convert("UTC").dt.tz_localize(None)
+    if out.dtype != "datetime64[ns]":
+        out = out.where((out >= pd.Timestamp.min) & (out <= pd.Timestamp.max))
     return out.astype("datetime64[ns]")
 
 
@@ -126,8 +142,11 @@ def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) 
     raw = df[col]
     missing = raw.isna().to_numpy().copy()
     if kind in (ID, TEXT):  # converted once per distinct value, not per row
-        codes, uniques = _distinct(raw)
-        text = _as_id(uniques) if kind == ID else uniques.astype("str").where(uniques.notna(), None)
+        try:
+            codes, uniques = _distinct(raw)
+        except TypeError:  # unhashable values: lists or structs in a Parquet column
+            raise InputError(f"{source}: column '{col}' holds lists or records, expected text") from None
+        text = as_id(uniques) if kind == ID else _as_text(uniques)
         if kind == ID:
             missing |= np.r_[text.fillna("").eq("").to_numpy(), True][codes]
         out = _categorical(codes, text, raw.index)
@@ -143,11 +162,11 @@ def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) 
         bad = out.isna().to_numpy() & ~missing
         out = out.fillna(False).astype(bool)
     if bad.any():
-        what = {TIME: "is not an ISO 8601 date or datetime", FLOAT: "is not a finite number",
+        what = {TIME: "is not an ISO 8601 date or datetime in the years 1678-2261", FLOAT: "is not a finite number",
                 BOOL: "is not a boolean (true/false)"}[kind]
-        raise _offending(source, col, what, raw, bad)
+        raise offending_rows(source, col, what, raw, bad)
     if required and missing.any():
-        raise _offending(source, col, "is empty", raw, missing)
+        raise offending_rows(source, col, "is empty", raw, missing)
     return out
 
 
@@ -188,6 +207,8 @@ def validate(df: pd.DataFrame, kind: str, source: str | None = None) -> pd.DataF
     """Return `df` in the canonical form of table `kind`, or raise InputError naming column and rows."""
     schema = SCHEMAS[kind]
     source = source or kind
+    if not df.index.equals(pd.RangeIndex(len(df))):  # rows are reported and aligned by position
+        df = df.reset_index(drop=True)
     if df.empty:
         raise InputError(f"{source}: empty {kind} table (no rows)")
     absent = [c for c in schema.required if c not in df.columns]
@@ -203,7 +224,7 @@ def validate(df: pd.DataFrame, kind: str, source: str | None = None) -> pd.DataF
     if schema.unique_ids:
         dup = result["customer_id"].duplicated(keep=False).to_numpy()
         if dup.any():
-            raise _offending(source, "customer_id", "is duplicated", df["customer_id"], dup)
+            raise offending_rows(source, "customer_id", "is duplicated", df["customer_id"], dup)
         return result
     dup = _exact_duplicates(result)
     if dup.any():
@@ -212,11 +233,38 @@ def validate(df: pd.DataFrame, kind: str, source: str | None = None) -> pd.DataF
     return result
 
 
+def _as_numbers(s: pd.Series) -> pd.Series | None:
+    """`s` as float64 if every non-missing value is a number (parsed once per distinct value), else None."""
+    codes, uniques = pd.factorize(s)
+    parsed = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(dtype=float)
+    if np.isnan(parsed).any():
+        return None
+    return pd.Series(np.append(parsed, np.nan)[codes], index=s.index)
+
+
+def numeric_attributes(customers: pd.DataFrame) -> pd.DataFrame:
+    """`customers` with each attribute column of text holding only numbers (a CSV's '12.5', '02139') as float64,
+    decided on the whole table: the features then give every subset of customers the same column types. Dates
+    (datetime columns and `*_date`) stay as they are."""
+    out = customers.copy(deep=False)
+    for col in customers.columns:
+        s = customers[col]
+        if (col == "customer_id" or str(col).endswith("_date") or pd.api.types.is_numeric_dtype(s)
+                or pd.api.types.is_bool_dtype(s) or pd.api.types.is_datetime64_any_dtype(s)):
+            continue
+        num = _as_numbers(s)
+        if num is not None:
+            out[col] = num
+    return out
+
+
 def load(kind: str, path: str | Path | None) -> pd.DataFrame | None:
-    """Read and validate one input file (None passes through for optional inputs)."""
+    """Read and validate one input file (None passes through for optional inputs); the customers table's text
+    columns of numbers become numbers (`numeric_attributes`)."""
     if path is None:
         return None
-    return validate(read_table(path, dictionary=text_columns(kind)), kind, str(path))
+    df = validate(read_table(path, dictionary=text_columns(kind)), kind, str(path))
+    return numeric_attributes(df) if kind == "customers" else df
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,14 +276,19 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_as_of(text: str) -> pd.Timestamp:
-    """Parse `--as-of`: a date means the end of that day (UTC); a datetime is taken as given."""
+    """Parse `--as-of`: a date (YYYY-MM-DD) means the end of that day (UTC); a datetime is taken as given (UTC
+    unless it has an offset). Anything else ("today", "2024", "2024-06") is an error, not a guess."""
+    text = str(text).strip()
+    bad = InputError(f"--as-of {text!r} is not an ISO 8601 date (YYYY-MM-DD) or datetime (YYYY-MM-DDTHH:MM[:SS])")
+    if not _AS_OF.fullmatch(text):
+        raise bad
     try:
-        ts = pd.Timestamp(pd.to_datetime(str(text).strip(), format="ISO8601", utc=True))
+        ts = pd.Timestamp(pd.to_datetime(text, format="ISO8601", utc=True))
     except (ValueError, TypeError, OverflowError):
-        raise InputError(f"--as-of {text!r} is not an ISO 8601 date (YYYY-MM-DD) or datetime") from None
+        raise bad from None
     if pd.isna(ts):
-        raise InputError(f"--as-of {text!r} is not an ISO 8601 date (YYYY-MM-DD) or datetime")
+        raise bad
     ts = ts.tz_convert("UTC").tz_localize(None)
-    if len(str(text).strip()) <= 10:
+    if len(text) == 10:
         ts = ts + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
     return ts

@@ -34,10 +34,21 @@ def test_an_order_id_shared_by_two_customers_is_two_orders():
     assert line_order.tolist() == [1, 0, 1]
 
 
-def test_missing_order_ids_group_by_customer():
-    tx = validate(_lines(order_id=[None, "o1", None]), "transactions")
-    orders, _ = order_table(tx, np.array([1, 0, 1]))
-    assert orders["lines"].tolist() == [1, 2]
+def test_lines_without_order_id_group_by_customer_and_timestamp():
+    tx = validate(_lines(customer_id=["B", "A", "B", "B"], order_id=[None, "o1", None, None],
+                         timestamp=["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-03"],
+                         amount=["1", "2", "3", "4"], channel=["web", None, "app", "app"]), "transactions")
+    orders, _ = order_table(tx, np.array([1, 0, 1, 1]))
+    assert orders["cust"].tolist() == [0, 1, 1] and orders["lines"].tolist() == [1, 1, 2]
+    assert orders["amount"].tolist() == [2.0, 1.0, 7.0]
+
+
+def test_an_order_channel_is_its_lines_first_channel_even_if_one_line_has_none():
+    tx = validate(_lines(customer_id=["A", "A", "B"], order_id=["o1", "o1", "o2"], channel=["app", None, None]),
+                  "transactions")
+    feats = build_features(tx, AS_OF).set_index("customer_id")
+    assert feats.loc["A", "first_order_channel"] == "app" and feats.loc["A", "app_order_share"] == 1.0
+    assert feats.loc["B", "first_order_channel"] == "" and feats.loc["B", "app_order_share"] == 0.0
 
 
 def test_features_equal_for_categorical_and_plain_text_inputs():

@@ -82,6 +82,28 @@ def test_labels_of_hand_made_customers(hand_made):
     assert y.loc["C", "y_value"] == 0.0                     # a return floors at 0
 
 
+def test_attribute_types_are_decided_on_the_whole_customers_table(tmp_path):
+    from features.schema import load
+
+    (tmp_path / "c.csv").write_text("customer_id,zip,score\nA,02139,1.5\nB,SW1A,2\n")
+    (tmp_path / "t.csv").write_text("customer_id,timestamp,amount\nA,2024-01-01,10\nB,2024-01-02,7\n")
+    cu, tx = load("customers", tmp_path / "c.csv"), load("transactions", tmp_path / "t.csv")
+    whole = build_features(tx, parse_as_of("2024-02-01"), customers=cu)
+    one = build_features(tx.loc[tx["customer_id"] == "A"].reset_index(drop=True), parse_as_of("2024-02-01"),
+                         customers=cu.loc[cu["customer_id"] == "A"].reset_index(drop=True))
+    assert whole["attr_zip"].tolist() == ["02139", "SW1A"] and one["attr_zip"].tolist() == ["02139"]  # text
+    assert whole["attr_score"].tolist() == [1.5, 2.0] and one["attr_score"].tolist() == [1.5]  # numbers
+
+
+def test_a_return_after_the_purchase_window_does_not_undo_the_purchase_label():
+    tx = validate(pd.DataFrame({"customer_id": ["A", "A", "A"], "order_id": ["o0", "o1", "o1"],
+                                "timestamp": ["2023-12-01", "2024-02-01", "2024-07-20"],
+                                "amount": ["10", "50", "-60"]}), "transactions")
+    y = build_labels(tx, parse_as_of("2024-01-01"), np.array(["A"]), horizon_days=90, value_horizon_days=365)
+    assert y["y_purchase"].tolist() == [1]  # bought on day 31; the return on day 201 is outside the 90 days
+    assert y["y_value"].tolist() == [0.0]   # net value over the 365 days: 50 - 60, floored at 0
+
+
 def _future_noise(tx: pd.DataFrame, cutoff: pd.Timestamp, seed: int) -> pd.DataFrame:
     """Rows after the cutoff for existing and new customers: huge orders, returns, new categories and channels."""
     rng = np.random.default_rng(seed)

@@ -98,7 +98,7 @@ def test_parquet_and_csv_load_to_the_same_frame(tmp_path):
 def test_as_of_date_means_end_of_day_and_bad_dates_fail():
     assert parse_as_of("2024-03-01") == pd.Timestamp("2024-03-02") - pd.Timedelta(1, "ns")
     assert parse_as_of("2024-03-01T12:00:00+01:00") == pd.Timestamp("2024-03-01 11:00:00")
-    for bad in ("2024-13-45", "tomorrow", ""):
+    for bad in ("2024-13-45", "tomorrow", "", "today", "now", "2024", "2024-06", "2024-02-30"):
         with pytest.raises(InputError, match="--as-of"):
             parse_as_of(bad)
 
@@ -107,3 +107,55 @@ def test_rows_equal_in_numbers_but_not_in_text_are_not_duplicates():
     out = validate(_tx(customer_id=["A", "B", "A"], timestamp=["2024-01-01"] * 3, amount=["5", "5", "5"],
                        order_id=["o1", "o2", "o1"]), "transactions")
     assert out[["customer_id", "order_id"]].values.tolist() == [["A", "o1"], ["B", "o2"]]
+
+
+def test_dates_outside_the_nanosecond_range_are_bad_rows_not_a_crash(tmp_path):
+    with pytest.raises(InputError, match=r"column 'timestamp' is not an ISO 8601 .* row 2 \('9999-12-31'\)"):
+        validate(_tx(timestamp=["2024-01-01", "9999-12-31", "2024-01-02"]), "transactions", "tx.csv")
+    far = pd.DataFrame({"customer_id": ["A", "B"], "amount": [1.0, 2.0],
+                        "timestamp": pd.Series(pd.to_datetime(["2024-01-01", "2500-01-01"])).astype("datetime64[us]")})
+    far.to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"t.parquet: column 'timestamp' .* 1 of 2 rows: row 2"):
+        load("transactions", tmp_path / "t.parquet")
+
+
+def test_a_numeric_id_is_one_customer_as_text_float_or_integer():
+    out = validate(pd.DataFrame({"customer_id": ["123.0", " 123 ", "4.0128e+10", "1.5", "007"],
+                                 "timestamp": ["2024-01-01"] * 5, "amount": ["1", "2", "3", "4", "5"]}), "transactions")
+    assert out["customer_id"].tolist() == ["123", "123", "40128000000", "1.5", "007"]
+    huge = validate(pd.DataFrame({"customer_id": [float("inf"), 1e20], "timestamp": ["2024-01-01"] * 2,
+                                  "amount": ["1", "2"]}), "transactions")
+    assert huge["customer_id"].tolist() == ["inf", "1e+20"]
+
+
+def test_text_is_trimmed_and_blank_text_is_missing():
+    out = validate(_tx(channel=[" app", "web ", "  "]), "transactions")
+    assert out["channel"].tolist()[:2] == ["app", "web"] and pd.isna(out["channel"].iloc[2])
+
+
+def test_a_frame_with_any_index_validates_by_position():
+    df = _tx(amount=["10", "-1", "7"])
+    out = validate(df[df["amount"] != "-1"], "transactions")
+    assert out["customer_id"].tolist() == ["A", "B"] and out["amount"].tolist() == [10.0, 7.0]
+
+
+def test_list_valued_text_column_is_an_error(tmp_path):
+    df = pd.DataFrame({"customer_id": ["A"], "timestamp": ["2024-01-01"], "amount": [1.0], "category": [["x", "y"]]})
+    df.to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"t.parquet: column 'category' holds lists"):
+        load("transactions", tmp_path / "t.parquet")
+
+
+def test_csv_with_a_trailing_comma_on_every_line_keeps_its_columns(tmp_path):
+    (tmp_path / "t.csv").write_text("customer_id,timestamp,amount\nA,2024-01-01,10,\nB,2024-01-02,7,\n")
+    assert load("transactions", tmp_path / "t.csv")["amount"].tolist() == [10.0, 7.0]
+
+
+def test_output_path_that_is_a_directory_is_an_error(tmp_path):
+    from features.io import write_parquet
+
+    with pytest.raises(InputError, match="is a directory"):
+        write_parquet(pd.DataFrame({"a": [1]}), tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="parent of the output path is a file"):
+        write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "file" / "out.parquet")
