@@ -72,8 +72,8 @@ def training_frame(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days
     cutoffs = rolling_cutoffs(transactions, as_of, label_days, n_cutoffs, step_days)
     if not cutoffs:
         first = transactions["timestamp"].min().date()
-        raise InputError(f"transactions: history from {first} to --as-of {as_of.date()} is too short for a "
-                         f"{label_days}-day label window plus 30 days of history; use an earlier horizon or later --as-of")
+        raise InputError(f"transactions: history from {first} to {as_of.date()} is too short for a {label_days}-day "
+                         f"label window plus 30 days of history before it; use a shorter horizon or a later --as-of")
     frames = []
     for cutoff in progress(cutoffs, desc="features x cutoffs", unit="cutoff", leave=False):
         feats = build_features(transactions, cutoff, events, customers, params or FeatureParams())

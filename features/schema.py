@@ -62,6 +62,7 @@ def text_columns(kind: str) -> list[str]:
     return [c for c, k in {**schema.required, **schema.optional}.items() if k in (ID, TEXT)]
 
 
+AS_OF_MIN, AS_OF_MAX = pd.Timestamp("1700-01-01"), pd.Timestamp("2199-12-31")  # room for horizons of decades
 _AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?")
 _TRUE = {"true", "t", "1", "yes", "y", "1.0"}
 _FALSE = {"false", "f", "0", "no", "n", "0.0"}
@@ -289,6 +290,8 @@ def parse_as_of(text: str) -> pd.Timestamp:
     if pd.isna(ts):
         raise bad
     ts = ts.tz_convert("UTC").tz_localize(None)
+    if not AS_OF_MIN <= ts <= AS_OF_MAX:
+        raise InputError(f"--as-of {text!r} is outside the supported years {AS_OF_MIN.year}-{AS_OF_MAX.year}")
     if len(text) == 10:
         ts = ts + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
     return ts

@@ -98,7 +98,8 @@ def test_parquet_and_csv_load_to_the_same_frame(tmp_path):
 def test_as_of_date_means_end_of_day_and_bad_dates_fail():
     assert parse_as_of("2024-03-01") == pd.Timestamp("2024-03-02") - pd.Timedelta(1, "ns")
     assert parse_as_of("2024-03-01T12:00:00+01:00") == pd.Timestamp("2024-03-01 11:00:00")
-    for bad in ("2024-13-45", "tomorrow", "", "today", "now", "2024", "2024-06", "2024-02-30"):
+    for bad in ("2024-13-45", "tomorrow", "", "today", "now", "2024", "2024-06", "2024-02-30", "1600-01-01",
+                "2262-04-11", "9999-12-31"):
         with pytest.raises(InputError, match="--as-of"):
             parse_as_of(bad)
 

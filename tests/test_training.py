@@ -155,6 +155,28 @@ def test_train_registers_challenger_and_first_champion_then_promotion_gates(worl
     assert {"backtest/backtest_report.html", "backtest/reliability.png", "backtest/shap_summary.png"} <= artifacts
 
 
+def test_promotion_refuses_versions_of_different_horizons_and_bad_run_ids(store):
+    import mlflow
+
+    from training.promote import promote
+    from training.registry import MODEL_NAME, client, configure, set_alias
+
+    configure()
+    mlflow.set_experiment("t")
+    c = client()
+    c.create_registered_model(MODEL_NAME)
+    for horizon, value_horizon in ((90, 365), (30, 60)):  # versions whose runs logged different horizons
+        with mlflow.start_run() as run:
+            mlflow.log_params({"horizon_days": horizon, "value_horizon_days": value_horizon})
+        c.create_model_version(MODEL_NAME, f"{store}/none", run_id=run.info.run_id)
+    set_alias("champion", "1")
+    with pytest.raises(InputError, match=r"predict different horizons \(horizon_days 30 vs 90, value_horizon_days"):
+        promote(version="2")
+    assert promote(version="2", force=True)["promoted"]
+    with pytest.raises(InputError, match="not an MLflow run id"):
+        promote(run_id="x' or name='kairos")
+
+
 def test_tune_stores_best_params_that_the_next_train_uses(world, store):
     import mlflow
 
@@ -185,6 +207,25 @@ def test_no_positives_is_a_clear_error():
                           "y_purchase": 0, "y_value": 0.0})
     with pytest.raises(InputError, match="no positives"):
         KairosModel(FAST).fit(frame)
+
+
+def test_tune_without_positives_is_a_clear_error(store):
+    from training.train import Inputs
+    from training.tune import tune
+
+    # 60 customers who each bought once, in January: no purchase in any label window
+    tx = pd.DataFrame({"customer_id": [f"C{i}" for i in range(60)], "amount": 10.0,
+                       "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(60) % 20, "D")})
+    with pytest.raises(InputError, match="no positives for the next-purchase label"):
+        tune(Inputs(tx), parse_as_of("2024-09-30"), 30, 30, experiment="t", trials=1)
+
+
+@pytest.mark.parametrize("option", ["--horizon-days", "--value-horizon-days"])
+def test_horizons_beyond_ten_years_are_a_clear_error(option):
+    from training.__main__ import main
+
+    with pytest.raises(InputError, match=f"{option} 100000: must be between 1 and 3650 days"):
+        main(["train", "--transactions", "unused.csv", "--as-of", "2024-01-01", option, "100000"])
 
 
 def test_compiling_removes_the_folders_of_killed_compiles_only(tmp_path, monkeypatch):

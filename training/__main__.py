@@ -10,6 +10,8 @@ from features.errors import InputError, run_cli
 
 __all__ = ["main"]
 
+MAX_DAYS = 3650
+
 
 def _data_options(p: argparse.ArgumentParser) -> None:
     from features.schema import add_input_arguments
@@ -53,14 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_days(option: str, days: int) -> None:
+    """A horizon or window of 1 day to 10 years."""
+    if not 1 <= days <= MAX_DAYS:
+        raise InputError(f"{option} {days}: must be between 1 and {MAX_DAYS} days")
+
+
 def _inputs(args: argparse.Namespace):
     from features.schema import load, parse_as_of
     from training.train import Inputs
 
     as_of = parse_as_of(args.as_of)
     for opt in ("horizon_days", "value_horizon_days"):
-        if getattr(args, opt) < 1:
-            raise InputError(f"--{opt.replace('_', '-')} must be at least 1 day")
+        _check_days(f"--{opt.replace('_', '-')}", getattr(args, opt))
     print("loading inputs", file=sys.stderr)
     inputs = Inputs(load("transactions", args.transactions), load("events", args.events),
                     load("customers", args.customers), load("nudges", args.nudges))
@@ -84,6 +91,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.backtest import run_backtest
     from training.report import metrics_table, write_report
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: is a file; the backtest report needs a directory")
     inputs, as_of = _inputs(args)
     bt = run_backtest(inputs.transactions, as_of, args.horizon_days, args.value_horizon_days, inputs.events,
                       inputs.customers)
@@ -119,8 +128,7 @@ def _uplift(args: argparse.Namespace) -> int:
     from features.schema import load
     from training.uplift_run import run_uplift, summary_json
 
-    if args.response_days < 1:
-        raise InputError("--response-days must be at least 1 day")
+    _check_days("--response-days", args.response_days)
     print("loading inputs", file=sys.stderr)
     customers, nudges = load("customers", args.customers), load("nudges", args.nudges)
     transactions, events = load("transactions", args.transactions), load("events", args.events)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from features.errors import InputError
 from features.labels import build_labels, training_frame, value_column
 from features.pipeline import build_features
 from training.btyd import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter, rfm_summary
@@ -101,8 +102,12 @@ def run_backtest(transactions: pd.DataFrame, as_of: pd.Timestamp, horizon_days: 
                  progress: Callable = tqdm) -> Backtest:
     """Train Kairos as of the backtest cutoff, score it and the baselines on the window after it."""
     cutoff = backtest_cutoff(as_of, horizon_days, value_horizon_days)
-    frame = training_frame(transactions, cutoff, horizon_days, value_horizon_days, events, customers,
-                           n_cutoffs=n_cutoffs, step_days=step_days, progress=progress)
+    try:
+        frame = training_frame(transactions, cutoff, horizon_days, value_horizon_days, events, customers,
+                               n_cutoffs=n_cutoffs, step_days=step_days, progress=progress)
+    except InputError as exc:
+        raise InputError(f"{exc} (the backtest trains as of {cutoff.date()}: --as-of {pd.Timestamp(as_of).date()} "
+                         f"minus the longest horizon, {max(horizon_days, value_horizon_days)} days)") from None
     model = KairosModel(params, horizon_days=horizon_days).fit(frame)
     feats = build_features(transactions, cutoff, events, customers)
     feats = feats.loc[feats["n_orders"] > 0].reset_index(drop=True)

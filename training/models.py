@@ -26,7 +26,7 @@ from training.compiled import compile_booster, lgb_array
 from training.compiled import predict as predict_compiled
 from training.metrics import normalized_gini
 
-__all__ = ["DEFAULT_PARAMS", "MIN_CUSTOMERS", "FeatureSpec", "Forest", "KairosModel", "time_split"]
+__all__ = ["DEFAULT_PARAMS", "MIN_CUSTOMERS", "FeatureSpec", "Forest", "KairosModel", "check_both_classes", "time_split"]
 
 LABELS = ("y_purchase", "y_value")
 MIN_CUSTOMERS = 50
@@ -130,7 +130,8 @@ def time_split(frame: pd.DataFrame, n_folds: int = 4) -> tuple[np.ndarray, np.nd
     return ~newest & ~fold, newest & fold
 
 
-def _check(y: np.ndarray, what: str) -> None:
+def check_both_classes(y: np.ndarray, what: str) -> None:
+    """Raise InputError unless the labels `y` hold both classes (a classifier needs positives and negatives)."""
     if len(np.unique(y)) < 2:
         raise InputError(f"transactions: no {'positives' if y.sum() == 0 else 'negatives'} for the {what} "
                          f"label in the training windows; more history or more customers are needed")
@@ -198,8 +199,8 @@ class KairosModel:
 
     def _classifier(self, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, valid: np.ndarray,
                     what: str) -> CalibratedClassifierCV:
-        _check(y[train], what)
-        _check(y[valid], what)
+        check_both_classes(y[train], what)
+        check_both_classes(y[valid], what)
         clf = self._fit_one(self._lgb("clf"), X, y, train, valid)
         return CalibratedClassifierCV(FrozenEstimator(clf), method="sigmoid").fit(X[valid], y[valid])
 

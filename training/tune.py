@@ -16,7 +16,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from features.errors import InputError
 from features.labels import training_frame
-from training.models import DEFAULT_PARAMS, FeatureSpec, time_split
+from training.models import DEFAULT_PARAMS, FeatureSpec, check_both_classes, time_split
 from training.registry import configure, tracking_uri
 from training.train import BEST_PARAMS_TAG, Inputs, check_enough_customers, fingerprint, git_commit
 
@@ -58,6 +58,8 @@ def tune(inputs: Inputs, as_of: pd.Timestamp, horizon_days: int = 90, value_hori
     spec = FeatureSpec.from_frame(frame)
     X, y = spec.matrix(frame), frame["y_purchase"].to_numpy()
     train, valid = time_split(frame)
+    check_both_classes(y[train], "next-purchase")
+    check_both_classes(y[valid], "next-purchase")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial) -> float:
