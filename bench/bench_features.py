@@ -37,16 +37,20 @@ def floor_seconds(tx: Path) -> float:
 
 
 def builder_seconds(d: Path) -> float:
-    """Seconds of `build_features` alone on the validated inputs of world `d` (in this process)."""
+    """Seconds of `build_features` alone on the validated inputs of world `d` (in this process; best of three,
+    as the floor)."""
     import pandas as pd
 
     from features.pipeline import build_features
     from features.schema import load
 
     tx, ev, cu = (load(kind, d / f"{kind}.parquet") for kind in ("transactions", "events", "customers"))
-    t0 = time.perf_counter()
-    build_features(tx, pd.Timestamp("2025-12-31"), ev, cu)
-    return time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        build_features(tx, pd.Timestamp("2025-12-31"), ev, cu)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def main() -> None:
