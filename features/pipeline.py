@@ -146,21 +146,24 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
     n = int(line_order.max()) + 1 if len(tx) else 0
     first_line = _group_min(np.arange(len(tx)), line_order, n)
     order_ts = _group_min(ts, line_order, n)
+    order_cust = cust[first_line] if n else np.zeros(0, np.int64)
+    # orders sorted by customer and time; ties between orders of one customer at one time are broken by order key,
+    # so row order never matters. Lines map to their order's rank, so the sums below come out sorted.
+    order = np.lexsort((key2[first_line], order_ts, order_cust))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    line_order = rank[line_order]
     amount = tx["amount"].to_numpy(dtype=float)
     orders = pd.DataFrame({
-        "cust": cust[first_line] if n else np.zeros(0, np.int64),
-        "ts": order_ts,
+        "cust": order_cust[order],
+        "ts": order_ts[order],
         "amount": np.bincount(line_order, amount, n),
         "margin": np.bincount(line_order, tx["margin"].to_numpy(dtype=float), n) if "margin" in tx else np.nan,
         "lines": np.bincount(line_order, minlength=n),
         "quantity": np.bincount(line_order, tx["quantity"].to_numpy(dtype=float), n) if "quantity" in tx else np.nan,
         "channel": _order_channel(tx, line_order, n),
     }, copy=False)
-    # ties between orders of one customer at one time are broken by order key, so row order never matters
-    order = np.lexsort((key2[first_line], orders["ts"].to_numpy(), orders["cust"].to_numpy()))
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    return orders.iloc[order].reset_index(drop=True), rank[line_order]
+    return orders, line_order
 
 
 def _group_first(cust: np.ndarray, n: int) -> np.ndarray:
