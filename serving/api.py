@@ -13,7 +13,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from features.errors import InputError
-from serving.policy import DAY_NS, PolicyConfig, contact_summary, decide_arrays, required_columns
+from serving.policy import DAY_NS, SCORE_FEATURES, PolicyConfig, contact_summary, decide_arrays, required_columns
 from serving.scoring import SCORE_COLUMNS, _json_value
 
 __all__ = ["MAX_CUSTOMERS", "CustomerIn", "EventIn", "Scorer", "TransactionIn"]
@@ -143,8 +143,7 @@ class Scorer:
             feats = build_features(tx, as_of, ev, pd.DataFrame({"customer_id": [cid]}), self.config.feature_params)
         scores = self.model.predict(feats)
         cols = {c: feats[c].to_numpy() for c in self.columns if c in feats.columns}
-        cols.update({c: scores[c].to_numpy(dtype=float)
-                     for c in ("p_purchase", "p_second_purchase", "expected_value", "uplift") if c in scores.columns})
+        cols.update({c: scores[c].to_numpy(dtype=float) for c in SCORE_FEATURES if c in scores.columns})
         cols["as_of"] = feats["as_of"].to_numpy().astype("datetime64[ns]")
         drivers = None
         if with_reasons:
