@@ -219,6 +219,36 @@ def test_batch_budget_and_date_partitions(world, tmp_path):
     assert s["cost"] <= 20.0 and s["nudges"] > 0
 
 
+def test_a_batch_without_nudges_exits_cleanly_with_zero_cost(world, tmp_path):
+    s = batch(world, tmp_path / "s.parquet", budget=0.0, record=False)  # pandas 3 summed no channels to ''
+    assert s["nudges"] == 0 and s["cost"] == 0.0 and s["decisions"] == {"hold.none": len(world.features)}
+    assert (pd.read_parquet(tmp_path / "s.parquet")["action"] == "hold").all()
+
+
+def test_a_failed_mlflow_log_keeps_the_written_scores_and_warns(world, tmp_path, monkeypatch, capsys):
+    def store_down(summary, opt):
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr("serving.batch._log_run", store_down)
+    s = batch(world, tmp_path / "s.parquet", record=False, log_mlflow=True)
+    assert Path(s["out"]).exists() and "not logged to MLflow (ConnectionError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out, kw, match", [
+    ("s.parquet", {"features_out": "d"}, "d: is a directory"),  # the scores were written, then a traceback
+    ("s.parquet", {"features_out": "s.parquet"}, "the same path as --out"),  # the features silently won
+    ("afile", {"partition_by_date": True}, "parent of the output path is a file"),  # NotADirectoryError
+    ("s.parquet", {"features_out": "afile/f.parquet"}, "parent of the output path is a file"),
+])
+def test_batch_checks_both_output_paths_before_any_work(world, tmp_path, out, kw, match):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "afile").write_text("x")
+    kw = {k: str(tmp_path / v) if isinstance(v, str) else v for k, v in kw.items()}
+    with pytest.raises(InputError, match=match):  # before the model: this one does not exist
+        batch(world, tmp_path / out, model_uri="models:/does-not-exist/1", **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d"] and not any((tmp_path / "d").iterdir())
+
+
 def test_batch_pushes_the_top_aha_action_and_emits_the_moments_that_matter(world, tmp_path):
     rules = tmp_path / "aha_rules.csv"
     pd.DataFrame({"action": ["app_session"], "min_count": [3], "within_days": [7], "lift": [1.7]}).to_csv(rules)
