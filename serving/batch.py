@@ -67,6 +67,7 @@ def run_batch(opt: BatchOptions) -> dict:
         if opt.budget < 0:
             raise InputError(f"--budget {opt.budget}: must not be negative")
         config = replace(config, budget=opt.budget)
+    log = ContactLog()  # a bad KAIROS_CONTACT_DB fails here, before any work
     _say(f"loading inputs as of {as_of}")
     inputs = Inputs(load("transactions", opt.transactions), load("events", opt.events), load("customers", opt.customers))
     _say(f"building features for {inputs.transactions['customer_id'].nunique():,} customers "
@@ -77,7 +78,6 @@ def run_batch(opt: BatchOptions) -> dict:
     _say(f"loading model {opt.model_uri}")
     model, version = load_model(opt.model_uri)
     config = resolve_timing(config, feats)
-    log = ContactLog()
     since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)
     sent_at = as_of.floor("us")  # the contact time of this run's nudges; a re-run ignores (and replaces) them
     history = log.history(feats["customer_id"].tolist(), since)

@@ -85,6 +85,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
     if opt.budget is not None or config.budget is not None:
         raise InputError("--budget is not supported with --engine spark (one greedy pass over all customers); "
                          "run the budgeted batch with --engine pandas")
+    log = ContactLog()  # a bad KAIROS_CONTACT_DB fails here, before any work
     spark = spark_session(master)
     _say(f"reading inputs as of {as_of} on {spark.sparkContext.master}")
     inputs = read_inputs(spark, opt.transactions, opt.events, opt.customers)
@@ -104,7 +105,6 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         # is not pickled) and score with LightGBM, bitwise the same scores
         model, version = load_model(opt.model_uri, compiled=False)
         model_bc = spark.sparkContext.broadcast(model)
-        log = ContactLog()
         since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)
         sent_at = as_of.floor("us")
         history = log.history(None, since)

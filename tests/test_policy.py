@@ -213,6 +213,13 @@ def test_contact_log_keeps_contacts_and_a_rerun_replaces_its_own(tmp_path):
     assert len(log.history(["a"], since=AS_OF + pd.Timedelta(hours=1))) == 1
 
 
+@pytest.mark.parametrize("url", ["garbage", "nosuchdialect://host/db"])
+def test_a_bad_contact_db_url_is_a_one_line_error_naming_the_variable(monkeypatch, url):
+    monkeypatch.setenv("KAIROS_CONTACT_DB", url)
+    with pytest.raises(InputError, match="^KAIROS_CONTACT_DB: not a usable SQLAlchemy database URL"):
+        ContactLog()
+
+
 def test_decide_keeps_row_order_and_input_columns():
     snap = scores({}, {"lifecycle_stage": "at_risk"}, {"expected_value": 1.0})
     out = decide(snap, replace(config(), budget=None))

@@ -249,6 +249,28 @@ def test_batch_checks_both_output_paths_before_any_work(world, tmp_path, out, kw
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d"] and not any((tmp_path / "d").iterdir())
 
 
+def test_top_sorts_a_csv_scores_file_by_number_and_checks_its_input(tmp_path, capsys):
+    from serving.__main__ import main
+
+    rows = [{"customer_id": c, "as_of": AS_OF, "lifecycle_stage": "repeat", "p_purchase": 0.5, "expected_value": 9.0,
+             "action": "nudge", "channel": "email", "message": "m", "priority": p} for c, p in
+            (("small", 9.95), ("big", 236.1), ("mid", 10.0))]
+    good = tmp_path / "scores.csv"
+    pd.DataFrame(rows).to_csv(good, index=False)
+    assert main(["top", "--scores", str(good), "--n", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()[-2:]
+    assert [line.split()[0] for line in table] == ["big", "mid"]  # as text, "9.95" sorted above "236.1"
+    not_scores = tmp_path / "tx.csv"
+    not_scores.write_text("customer_id,timestamp,amount\nA,2024-01-01,10\n")
+    with pytest.raises(InputError, match="missing column.*action"):  # was KeyError: 'action'
+        main(["top", "--scores", str(not_scores)])
+    with pytest.raises(InputError, match="--n -3: must be at least 1"):
+        main(["top", "--scores", str(good), "--n", "-3"])
+    pd.DataFrame(rows).assign(priority="high").to_csv(good, index=False)
+    with pytest.raises(InputError, match="column priority is not numeric"):
+        main(["top", "--scores", str(good)])
+
+
 def test_batch_pushes_the_top_aha_action_and_emits_the_moments_that_matter(world, tmp_path):
     rules = tmp_path / "aha_rules.csv"
     pd.DataFrame({"action": ["app_session"], "min_count": [3], "within_days": [7], "lift": [1.7]}).to_csv(rules)
