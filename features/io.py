@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from features.errors import InputError
 
-__all__ = ["atomic_path", "read_table", "write_csv", "write_parquet"]
+__all__ = ["atomic_path", "check_output_path", "read_table", "write_csv", "write_parquet"]
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 _SMALL_DICTIONARY = 64 * 1024  # bytes of a column chunk's dictionary page: few distinct values
@@ -67,6 +67,17 @@ def read_table(path: str | Path, dictionary: Collection[str] = ()) -> pd.DataFra
     return df
 
 
+def check_output_path(path: str | Path) -> Path:
+    """`path` as a Path if an output file can be written there (nothing is created); InputError for a directory
+    or a parent that is a file. Commands call it before any work, `atomic_path` again when it writes."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory; the output must be a file path")
+    if any(p.exists() and not p.is_dir() for p in target.parents):
+        raise InputError(f"{target}: a parent of the output path is a file, not a directory")
+    return target
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -74,13 +85,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary's name carries this host and process id; temporaries of the same target that a dead process of
     this host left behind (a killed batch: no `finally` runs) are removed first.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(f"{target}: is a directory; the output must be a file path")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InputError(f"{target}: a parent of the output path is a file, not a directory") from None
+    target = check_output_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     owner = f".{target.name}.{os.uname().nodename}-"
     for old in target.parent.iterdir():
         pid = old.name.removeprefix(owner).split(".")[0]

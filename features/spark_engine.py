@@ -39,6 +39,7 @@ __all__ = [
     "build_features_spark",
     "from_spark",
     "input_error_from",
+    "is_file_output",
     "read_inputs",
     "run_build",
     "spark_input_errors",
@@ -385,12 +386,17 @@ def write_parquet_dir(sdf, out: str, sort_by: str = "customer_id") -> str:
     return out
 
 
+def is_file_output(out: str) -> bool:
+    """Whether `write_output` writes `out` as one local file (not a Parquet directory: `dir/`, a directory, a URI)."""
+    return not (out.endswith("/") or not _is_local(out) or Path(out).is_dir())
+
+
 def write_output(sdf, out: str, sort_by: str = "customer_id") -> str:
     """`--out x.parquet`: ONE file like the pandas engine's (rows collected to the driver, sorted, written atomically);
     `--out dir/`, an existing directory or a URI: a Parquet directory written by the executors."""
     from features.io import write_parquet
 
-    if out.endswith("/") or not _is_local(out) or Path(out).is_dir():
+    if not is_file_output(out):
         return write_parquet_dir(sdf, out, sort_by)
     return str(write_parquet(from_spark(sdf.toPandas(), sort_by), out))
 

@@ -100,14 +100,25 @@ def _top(args: argparse.Namespace) -> int:
 
     from features.io import read_table
 
+    if args.n < 1:
+        raise InputError(f"--n {args.n}: must be at least 1")
     scores = read_table(args.scores)
+    cols = ["customer_id", "lifecycle_stage", "p_purchase", "expected_value", "channel", "message", "priority"]
+    missing = [c for c in ["as_of", "action", *cols] if c not in scores.columns]
+    if missing:
+        raise InputError(f"--scores {args.scores}: missing column(s) {', '.join(missing)} "
+                         f"(expected the output of python -m serving batch)")
+    for c in ("p_purchase", "expected_value", "priority"):  # a CSV's columns are text: "9.95" > "236.1"
+        numbers = pd.to_numeric(scores[c], errors="coerce")
+        if (numbers.isna() & scores[c].notna()).any():
+            raise InputError(f"--scores {args.scores}: column {c} is not numeric")
+        scores[c] = numbers
     nudge = scores.loc[scores["action"] == "nudge"].sort_values("priority", ascending=False)
     print(f"{len(nudge):,} of {len(scores):,} customers to nudge as of {scores['as_of'].iloc[0]}; "
           f"decisions: {scores['action'].value_counts().to_dict()}")
     if "triggers" in scores.columns:
         moments = scores["triggers"].dropna().str.split(",").explode().value_counts()
         print(f"moments that matter today: {moments.to_dict() or 'none'}")
-    cols = ["customer_id", "lifecycle_stage", "p_purchase", "expected_value", "channel", "message", "priority"]
     with pd.option_context("display.width", 160, "display.max_colwidth", 40):
         print(nudge[cols].head(args.n).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

@@ -5,6 +5,7 @@ An item is either `{"customer_id"}` (looked up in the feature snapshot) or `{"cu
 """
 from __future__ import annotations
 
+import logging
 import os
 from datetime import date, datetime
 
@@ -13,11 +14,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from features.errors import InputError
-from serving.policy import DAY_NS, PolicyConfig, contact_summary, decide_arrays, required_columns
+from serving.policy import DAY_NS, SCORE_FEATURES, PolicyConfig, contact_summary, decide_arrays, required_columns
 from serving.scoring import SCORE_COLUMNS, _json_value
 
 __all__ = ["MAX_CUSTOMERS", "CustomerIn", "EventIn", "Scorer", "TransactionIn"]
 
+log = logging.getLogger("bentoml.kairos")  # the service's logger, under BentoML's configuration
 MAX_CUSTOMERS = int(os.environ.get("KAIROS_MAX_CUSTOMERS", "1000"))
 
 
@@ -72,6 +74,19 @@ class CustomerIn(BaseModel):
         return v
 
 
+def _nudge_once(results: list[dict]) -> list[dict]:
+    """Hold every nudge of a customer_id after its first in one request: a customer is nudged (and recorded) once."""
+    first: dict[str, int] = {}
+    for i, r in enumerate(results):
+        if r.get("action") == "nudge":
+            k = first.setdefault(r["customer_id"], i)
+            if k != i:
+                results[i] = {**r, "action": "hold", "channel": None, "message": None,
+                              "reasons": f"hold: customer_id repeated in this request, item {k} gets the nudge; "
+                                         f"{r['reasons']}"}
+    return results
+
+
 def _utc_naive(ts) -> pd.Timestamp:
     t = pd.Timestamp(ts)
     return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
@@ -92,11 +107,13 @@ class Scorer:
         rows = self.contact_log.recent(list(dict.fromkeys(ids.tolist())), since)
         if not rows:
             return None
-        where = {}
+        where: dict[str, list[int]] = {}
         for i, c in enumerate(ids.tolist()):
-            where.setdefault(c, i)
-        pos = np.array([where.get(c, -1) for c, _ in rows], dtype=np.int64)
-        ts = np.array([pd.Timestamp(t).value for _, t in rows], dtype=np.int64)
+            where.setdefault(c, []).append(i)
+        # every copy of a repeated customer_id sees the customer's contacts
+        pairs = [(i, pd.Timestamp(t).value) for c, t in rows for i in where.get(c, ())]
+        pos = np.array([i for i, _ in pairs], dtype=np.int64)
+        ts = np.array([t for _, t in pairs], dtype=np.int64)
         last_purchase = as_of_ns - recency.astype(float) * DAY_NS
         return contact_summary(len(ids), pos, ts, last_purchase, now.value, self.config.cap_window_days)
 
@@ -143,8 +160,7 @@ class Scorer:
             feats = build_features(tx, as_of, ev, pd.DataFrame({"customer_id": [cid]}), self.config.feature_params)
         scores = self.model.predict(feats)
         cols = {c: feats[c].to_numpy() for c in self.columns if c in feats.columns}
-        cols.update({c: scores[c].to_numpy(dtype=float)
-                     for c in ("p_purchase", "p_second_purchase", "expected_value", "uplift") if c in scores.columns})
+        cols.update({c: scores[c].to_numpy(dtype=float) for c in SCORE_FEATURES if c in scores.columns})
         cols["as_of"] = feats["as_of"].to_numpy().astype("datetime64[ns]")
         drivers = None
         if with_reasons:
@@ -172,17 +188,22 @@ class Scorer:
             why = "not in the feature snapshot" if self.snapshot is not None else "no feature snapshot is loaded"
             for i, k in zip(lookup, known):
                 if not k:
-                    results[i] = {**dict.fromkeys(SCORE_COLUMNS), "customer_id": items[i].customer_id,
-                                  "model_version": self.version,
-                                  "error": f"unknown customer_id ({why}); post its transactions to score it"}
+                    results[i] = self._error(items[i].customer_id,
+                                             f"unknown customer_id ({why}); post its transactions to score it")
         for i, it in enumerate(items):
             if results[i] is None:
                 try:
                     results[i] = self._raw(it, now, with_reasons)
                 except InputError as exc:
-                    results[i] = {**dict.fromkeys(SCORE_COLUMNS), "customer_id": it.customer_id,
-                                  "model_version": self.version, "error": str(exc)}
-        return results
+                    results[i] = self._error(it.customer_id, str(exc))
+                except Exception:  # one item's failure must not fail the others; logged with its traceback
+                    log.exception("scoring the raw history of item %d (customer_id %s) failed", i, it.customer_id)
+                    results[i] = self._error(it.customer_id, "internal error while scoring this item (logged)")
+        return _nudge_once(results)
+
+    def _error(self, customer_id: str, error: str) -> dict:
+        return {**dict.fromkeys(SCORE_COLUMNS), "customer_id": customer_id, "model_version": self.version,
+                "error": error}
 
     def record(self, results: list[dict], now: pd.Timestamp) -> int:
         """Store the nudges among `results` in the contact log as sent now."""

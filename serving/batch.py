@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["BatchOptions", "output_path", "run_batch"]
+__all__ = ["BatchOptions", "check_outputs", "decision_summary", "log_run", "output_path", "run_batch"]
 
 
 @dataclass
@@ -61,11 +61,13 @@ def run_batch(opt: BatchOptions) -> dict:
     out = output_path(opt.out, as_of, opt.partition_by_date)
     if out.is_dir():
         raise InputError(f"--out {out}: is a directory (use --partition-by-date to write into a directory)")
+    check_outputs(out, opt.features_out, [out, *filter(None, [opt.features_out])])
     config = load_policy(opt.policy, opt.aha_rules)
     if opt.budget is not None:
         if opt.budget < 0:
             raise InputError(f"--budget {opt.budget}: must not be negative")
         config = replace(config, budget=opt.budget)
+    log = ContactLog()  # a bad KAIROS_CONTACT_DB fails here, before any work
     _say(f"loading inputs as of {as_of}")
     inputs = Inputs(load("transactions", opt.transactions), load("events", opt.events), load("customers", opt.customers))
     _say(f"building features for {inputs.transactions['customer_id'].nunique():,} customers "
@@ -76,7 +78,6 @@ def run_batch(opt: BatchOptions) -> dict:
     _say(f"loading model {opt.model_uri}")
     model, version = load_model(opt.model_uri)
     config = resolve_timing(config, feats)
-    log = ContactLog()
     since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)
     sent_at = as_of.floor("us")  # the contact time of this run's nudges; a re-run ignores (and replaces) them
     history = log.history(feats["customer_id"].tolist(), since)
@@ -87,23 +88,58 @@ def run_batch(opt: BatchOptions) -> dict:
     scores = score_features(model, feats, config, history, now=as_of, model_version=version,
                             with_reasons={"all": True, "nudged": "nudged", "none": False}[opt.reasons])
     score_s = time.perf_counter() - t1
+    counts = scores.groupby(["action", "channel"], dropna=False).size()
+    summary = {"out": str(out), "customers": len(scores),
+               **decision_summary(scores.loc[scores["action"] == "nudge", "channel"],
+                                  [(a, c, n) for (a, c), n in counts.items()], config.channels),
+               "model_version": version, "score_seconds": round(score_s, 3),
+               "timing": {"delay_days": config.delay_days, **config.timing}, **fingerprint(inputs, as_of)}
     write_parquet(scores, out)
     if opt.features_out:
         write_parquet(feats, opt.features_out)
-    sent = log.record(scores, sent_at, "batch", config.channels, replace_same_run=True) if opt.record else 0
+    summary["recorded_contacts"] = log.record(scores, sent_at, "batch", config.channels, replace_same_run=True) \
+        if opt.record else 0
     log.close()
-    counts = scores.groupby(["action", "channel"], dropna=False).size()
-    decisions = {f"{a}.{c if isinstance(c, str) else 'none'}": int(n) for (a, c), n in counts.items()}
-    summary = {"out": str(out), "customers": len(scores), "nudges": int((scores["action"] == "nudge").sum()),
-               "cost": float(scores.loc[scores["action"] == "nudge", "channel"].map(config.channels).sum()),
-               "model_version": version, "recorded_contacts": sent, "score_seconds": round(score_s, 3),
-               "seconds": round(time.perf_counter() - t0, 3), "decisions": decisions,
-               "timing": {"delay_days": config.delay_days, **config.timing}, **fingerprint(inputs, as_of)}
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
     if opt.log_mlflow:
-        _log_run(summary, opt)
+        log_run(summary, opt)
     _say(f"wrote {len(scores):,} rows to {out}: {summary['nudges']:,} nudges costing {summary['cost']:.2f} "
          f"in {summary['seconds']:.1f} s")
     return summary
+
+
+def check_outputs(out: str | Path, features_out: str | None, files: list[str | Path]) -> None:
+    """InputError before any work: `--features-out` is `--out`, or one of the output `files` cannot be written
+    there (a directory, a parent that is a file)."""
+    from features.errors import InputError
+    from features.io import check_output_path
+
+    if features_out and Path(features_out).resolve() == Path(out).resolve():
+        raise InputError(f"--features-out {features_out}: the same path as --out; the features need a file of their own")
+    for path in files:
+        check_output_path(path)
+
+
+def decision_summary(nudge_channels: pd.Series, counts: list[tuple[str, str | None, int]],
+                     costs: dict[str, float]) -> dict:
+    """Nudges, their total cost and the count of each decision (`action.channel`) of one run.
+
+    Args:
+        nudge_channels: the channel of each nudge.
+        counts: (action, channel or None, number of customers) of each decision.
+        costs: the cost of each channel.
+    """
+    return {"nudges": len(nudge_channels), "cost": float(nudge_channels.map(costs).astype(float).sum()),
+            "decisions": {f"{a}.{c if isinstance(c, str) else 'none'}": int(n) for a, c, n in sorted(
+                counts, key=lambda x: (x[0], str(x[1])))}}
+
+
+def log_run(summary: dict, opt: BatchOptions) -> None:
+    """Record the run in MLflow (experiment kairos-batch); a failure is a warning: the output is already written."""
+    try:
+        _log_run(summary, opt)
+    except Exception as exc:  # noqa: BLE001 - any store error; the scores file is complete and stays
+        _say(f"warning: the run was not logged to MLflow ({type(exc).__name__}: {exc})")
 
 
 def _log_run(summary: dict, opt: BatchOptions) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from features.errors import InputError
+
 __all__ = ["ContactLog", "default_url"]
 
 _META = sa.MetaData()
@@ -41,7 +43,12 @@ class ContactLog:
         if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         args = {"connect_args": {"timeout": 30}} if self.url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(self.url, **args)
+        try:
+            self.engine = sa.create_engine(self.url, **args)
+        except sa.exc.ArgumentError:  # also an unknown dialect or a missing driver (NoSuchModuleError)
+            source = "the contact log URL" if url else "KAIROS_CONTACT_DB"
+            raise InputError(f"{source}: not a usable SQLAlchemy database URL (e.g. sqlite:///mlruns/contacts.db "
+                             f"or postgresql://host/db)") from None
         _META.create_all(self.engine)
 
     def record(self, decisions: pd.DataFrame, sent_at: pd.Timestamp, source: str, costs: dict[str, float] | None = None,

@@ -25,11 +25,13 @@ import yaml
 
 from features.aha_rules import AhaRule, feature_params, load_aha_rules
 from features.errors import InputError
-from features.lifecycle import TRIGGER_COLUMNS, moment_triggers
+from features.lifecycle import STAGES, TRIGGER_COLUMNS, moment_triggers
 from features.pipeline import FeatureParams
+from features.spec import CATEGORICAL, FEATURE_DOCS
 
 __all__ = [
     "DEFAULT_POLICY",
+    "SCORE_FEATURES",
     "Message",
     "PolicyConfig",
     "contact_summary",
@@ -91,8 +93,81 @@ class PolicyConfig:
         return self.fallback_delay_days if self.new_customer_delay_days is None else self.new_customer_delay_days
 
 
+SCORE_FEATURES = ("p_purchase", "p_second_purchase", "expected_value", "uplift")
+"""Model score columns a message's `when.feature` may read besides the features."""
+_KEYS = {"": {"channels", "messages", "timing", "contacts", "aha", "triggers", "min_expected_value", "budget"},
+         "message": {"moment", "stages", "aha", "uplift", "when"}, "when": {"feature", "below", "at_least"},
+         "timing": {"new_customer_delay_days", "auto_quantile", "fallback_delay_days"},
+         "contacts": {"cooldown_days", "max_contacts", "cap_window_days", "response_decay"},
+         "aha": {"rules", "max_rules"}, "triggers": {"lookback_days"}}
+
+
+class _Policy:
+    """Typed reads of one parsed policy file: each bad value is an InputError naming the file and the key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> InputError:
+        return InputError(f"{self.path}: {key}: {problem}")
+
+    def mapping(self, value, key: str, kind: str | None = None, optional: bool = True) -> dict:
+        if value is None and optional:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key or "policy", f"expected a mapping, got {value!r}")
+        unknown = sorted(map(str, set(value) - _KEYS[kind])) if kind is not None else []
+        if unknown:
+            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0],
+                            f"unknown setting (expected one of {', '.join(sorted(_KEYS[kind]))})")
+        return value
+
+    def number(self, value, key: str, low: float = 0.0, high: float = np.inf) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            bounds = (f" from {low:g} to {high:g}" if np.isfinite(high) else f" at least {low:g}" if np.isfinite(low)
+                      else "")
+            raise self.fail(key, f"expected a number{bounds}, got {value!r}")
+        return float(value)
+
+    def count(self, value, key: str) -> int:
+        if self.number(value, key) != int(value):
+            raise self.fail(key, f"expected a whole number, got {value!r}")
+        return int(value)
+
+
+def _feature_known(name: str) -> bool:
+    """Whether `when.feature` names a numeric column the policy sees: a feature, a customer attribute, an Aha-rule
+    count or a model score."""
+    numeric = name in FEATURE_DOCS and name not in CATEGORICAL
+    return numeric or name.startswith(("attr_", "aha_")) or name in SCORE_FEATURES
+
+
+def _message(p: _Policy, name: str, m, channels: dict[str, float]) -> Message:
+    key = f"messages.{name}"
+    m = p.mapping(m, key, "message", optional=False)
+    stages = m.get("stages")
+    if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
+        raise p.fail(f"{key}.stages", f"expected a list of lifecycle stages ({', '.join(STAGES)}), got {stages!r}")
+    uplift = p.mapping(m.get("uplift"), f"{key}.uplift", optional=False)
+    unknown = sorted(map(str, set(uplift) - set(channels)))
+    if unknown or not uplift:
+        raise p.fail(f"{key}.uplift", f"unknown channel(s) {', '.join(unknown)}" if unknown
+                     else "expected at least one channel")
+    when = p.mapping(m.get("when"), f"{key}.when", "when")
+    feature, bounds = when.get("feature"), {b: when[b] for b in ("below", "at_least") if when.get(b) is not None}
+    if when and not (isinstance(feature, str) and _feature_known(feature)):
+        raise p.fail(f"{key}.when.feature", f"{feature!r} is not a numeric feature (features.spec.FEATURE_DOCS, "
+                                            f"attr_*, aha_* or {', '.join(SCORE_FEATURES)})")
+    if when and not bounds:
+        raise p.fail(f"{key}.when", "expected below and/or at_least with the feature")
+    bounds = {b: p.number(v, f"{key}.when.{b}", -np.inf) for b, v in bounds.items()}
+    return Message(str(name), str(m.get("moment", name)), tuple(stages),
+                   {str(c): p.number(u, f"{key}.uplift.{c}") for c, u in uplift.items()}, feature,
+                   bounds.get("below"), bounds.get("at_least"), bool(m.get("aha", False)))
+
+
 def load_policy(path: str | Path | None = None, aha_rules: str | Path | None = None) -> PolicyConfig:
-    """Read a policy YAML file (default: serving/policy.yaml); InputError names the file and the bad key.
+    """Read and check a policy YAML file (default: serving/policy.yaml); InputError names the file and the bad key.
 
     `aha_rules` (an aha_rules.csv) replaces the file's `aha.rules`.
     """
@@ -101,35 +176,32 @@ def load_policy(path: str | Path | None = None, aha_rules: str | Path | None = N
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"{path}: not a readable policy file ({type(exc).__name__})") from None
-    try:
-        channels = {str(k): float(v) for k, v in raw["channels"].items()}
-        messages = {}
-        for name, m in raw["messages"].items():
-            when = m.get("when") or {}
-            unknown = set(m["uplift"]) - set(channels)
-            if unknown:
-                raise InputError(f"{path}: message {name} uses unknown channel(s) {', '.join(sorted(unknown))}")
-            messages[name] = Message(name, str(m.get("moment", name)), tuple(m["stages"]),
-                                     {c: float(u) for c, u in m["uplift"].items()}, when.get("feature"),
-                                     when.get("below"), when.get("at_least"), bool(m.get("aha", False)))
-        timing, contacts = raw.get("timing") or {}, raw.get("contacts") or {}
-        delay = timing.get("new_customer_delay_days", "auto")
-        aha = raw.get("aha") or {}
-        rules_path = aha_rules or aha.get("rules")
-        rules = load_aha_rules(rules_path, int(aha.get("max_rules", 3))) if rules_path else ()
-        lookback = float((raw.get("triggers") or {}).get("lookback_days", 1))
-        return PolicyConfig(
-            channels, messages, None if delay in (None, "auto") else float(delay),
-            float(timing.get("auto_quantile", 0.25)), float(timing.get("fallback_delay_days", 7)),
-            float(contacts.get("cooldown_days", 14)), int(contacts.get("max_contacts", 3)),
-            float(contacts.get("cap_window_days", 90)), float(contacts.get("response_decay", 0.5)),
-            float(raw.get("min_expected_value") or 0.0),
-            None if raw.get("budget") is None else float(raw["budget"]), aha_rules=rules,
-            trigger_lookback_days=lookback)
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"{path}: bad policy setting ({type(exc).__name__}: {exc})") from None
+    p = _Policy(path)
+    raw = p.mapping(raw, "", "", optional=False)
+    channels = {str(k): p.number(v, f"channels.{k}") for k, v in
+                p.mapping(raw.get("channels"), "channels", optional=False).items()}
+    messages = {str(name): _message(p, name, m, channels) for name, m in
+                p.mapping(raw.get("messages"), "messages", optional=False).items()}
+    timing = p.mapping(raw.get("timing"), "timing", "timing")
+    contacts = p.mapping(raw.get("contacts"), "contacts", "contacts")
+    aha = p.mapping(raw.get("aha"), "aha", "aha")
+    delay = timing.get("new_customer_delay_days", "auto")
+    rules_path = aha_rules or aha.get("rules")
+    max_rules = p.count(aha.get("max_rules", 3), "aha.max_rules")
+    return PolicyConfig(
+        channels, messages,
+        None if delay in (None, "auto") else p.number(delay, "timing.new_customer_delay_days"),
+        p.number(timing.get("auto_quantile", 0.25), "timing.auto_quantile", 0, 1),
+        p.number(timing.get("fallback_delay_days", 7), "timing.fallback_delay_days"),
+        p.number(contacts.get("cooldown_days", 14), "contacts.cooldown_days"),
+        p.count(contacts.get("max_contacts", 3), "contacts.max_contacts"),
+        p.number(contacts.get("cap_window_days", 90), "contacts.cap_window_days"),
+        p.number(contacts.get("response_decay", 0.5), "contacts.response_decay", 0, 1),
+        p.number(raw.get("min_expected_value") or 0.0, "min_expected_value", -np.inf),
+        None if raw.get("budget") is None else p.number(raw["budget"], "budget"),
+        aha_rules=load_aha_rules(rules_path, max_rules) if rules_path else (),
+        trigger_lookback_days=p.number(p.mapping(raw.get("triggers"), "triggers", "triggers").get("lookback_days", 1),
+                                       "triggers.lookback_days"))
 
 
 def second_purchase_timing(features: pd.DataFrame, quantile: float = 0.25) -> dict:
@@ -206,7 +278,7 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
     for m in config.messages.values():
         ok = np.isin(stage, m.stages) if n > 8 else np.array([s in m.stages for s in stage], dtype=bool)
         if m.feature:
-            f = np.asarray(cols[m.feature], dtype=float) if m.feature in cols else np.full(n, np.nan)
+            f = _feature_values(cols, m, n)
             if m.below is not None:
                 ok &= f < m.below  # NaN (feature unknown): not eligible
             if m.at_least is not None:
@@ -266,6 +338,17 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
     return {"action": np.where(nudge, "nudge", "hold").astype(object),
             "channel": np.where(nudge, chan, None), "message": np.where(nudge, msg, None),
             "priority": np.where(has, priority, np.nan), "reasons": reasons, "triggers": triggers}
+
+
+def _feature_values(cols: dict[str, np.ndarray], m: Message, n: int) -> np.ndarray:
+    """The numbers of `m.feature` (NaN when the column is absent); a text column (an attr_ of text) is an InputError."""
+    if m.feature not in cols:
+        return np.full(n, np.nan)
+    try:
+        return np.asarray(cols[m.feature], dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"policy: messages.{m.name}.when.feature: {m.feature} is not numeric in these features") \
+            from None
 
 
 def _aha_choice(cols: dict[str, np.ndarray], config: PolicyConfig, aha_message: np.ndarray

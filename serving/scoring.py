@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
-from serving.policy import DAY_NS, PolicyConfig, contact_summary, decide_arrays, required_columns
+from serving.policy import DAY_NS, SCORE_FEATURES, PolicyConfig, contact_summary, decide_arrays, required_columns
 
 __all__ = [
     "SCORE_COLUMNS",
@@ -75,9 +75,8 @@ def score_features(model, features: pd.DataFrame, config: PolicyConfig, history:
     as_of = features["as_of"].to_numpy().astype("datetime64[ns]")
     now_ns = int(pd.Timestamp(now).value) if now is not None else int(as_of.astype(np.int64).max(initial=0))
     cols = {c: features[c].to_numpy() for c in required_columns(config) if c in features.columns}
-    cols["expected_value"] = scores["expected_value"].to_numpy()
-    if "uplift" in scores.columns:  # learned uplift bundled with the model
-        cols["uplift"] = scores["uplift"].to_numpy(dtype=float)
+    # the model's scores (uplift: learned uplift bundled with the model), as the service's decisions see them
+    cols.update({c: scores[c].to_numpy(dtype=float) for c in SCORE_FEATURES if c in scores.columns})
     dec = decision_columns(cols, config, history, now_ns)
     reasons = dec["reasons"]
     drivers = scores["drivers"].tolist() if with_reasons is True and "drivers" in scores else None

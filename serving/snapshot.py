@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
+from serving.policy import SCORE_FEATURES
 
 __all__ = ["FEATURE_MARKERS", "Snapshot", "check_snapshot"]
 
@@ -49,9 +50,7 @@ class Snapshot:
         self.cols = {c: features[c].to_numpy() for c in columns if c in features.columns}
         self.cols["customer_id"] = self.ids
         self.cols["as_of"] = features["as_of"].to_numpy().astype("datetime64[ns]")
-        for c in ("p_purchase", "p_second_purchase", "expected_value", "uplift"):
-            if c in scores.columns:
-                self.cols[c] = scores[c].to_numpy(dtype=float)
+        self.cols.update({c: scores[c].to_numpy(dtype=float) for c in SCORE_FEATURES if c in scores.columns})
         self._model = model
         self._drivers: dict[int, str] = {}
 

@@ -62,8 +62,15 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
 
     from features.errors import InputError
     from features.schema import parse_as_of
-    from features.spark_engine import build_features_spark, read_inputs, spark_input_errors, spark_session, write_output
-    from serving.batch import _log_run, output_path
+    from features.spark_engine import (
+        build_features_spark,
+        is_file_output,
+        read_inputs,
+        spark_input_errors,
+        spark_session,
+        write_output,
+    )
+    from serving.batch import check_outputs, decision_summary, log_run, output_path
     from serving.contact_log import ContactLog
     from serving.policy import load_policy, resolve_timing
 
@@ -73,10 +80,12 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         out = f"{opt.out.rstrip('/')}/as_of={as_of:%Y-%m-%d}/scores.parquet" if opt.partition_by_date else opt.out
     else:
         out = str(output_path(opt.out, as_of, opt.partition_by_date))
+    check_outputs(out, opt.features_out, [p for p in (out, opt.features_out) if p and is_file_output(p)])
     config = load_policy(opt.policy, opt.aha_rules)
     if opt.budget is not None or config.budget is not None:
         raise InputError("--budget is not supported with --engine spark (one greedy pass over all customers); "
                          "run the budgeted batch with --engine pandas")
+    log = ContactLog()  # a bad KAIROS_CONTACT_DB fails here, before any work
     spark = spark_session(master)
     _say(f"reading inputs as of {as_of} on {spark.sparkContext.master}")
     inputs = read_inputs(spark, opt.transactions, opt.events, opt.customers)
@@ -96,7 +105,6 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         # is not pickled) and score with LightGBM, bitwise the same scores
         model, version = load_model(opt.model_uri, compiled=False)
         model_bc = spark.sparkContext.broadcast(model)
-        log = ContactLog()
         since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)
         sent_at = as_of.floor("us")
         history = log.history(None, since)
@@ -107,27 +115,26 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         scores = feats.mapInPandas(score_udf(model_bc, version, config, history, as_of, with_reasons),
                                    schema=_scores_schema())
         scores = scores.persist(StorageLevel.MEMORY_AND_DISK)
-        path = write_output(scores, out)
-        score_s = time.perf_counter() - t1
-        if opt.features_out:
-            write_output(feats, opt.features_out)
         nudges = scores.where("action = 'nudge'").select("customer_id", "action", "channel", "message", "priority",
                                                          "model_version").toPandas()
         counts = scores.groupBy("action", "channel").count().toPandas()
+        data_rows = inputs.frames["transactions"].count()
+        summary = {"out": out, "customers": int(n),
+                   **decision_summary(nudges["channel"], list(counts.itertuples(index=False)), config.channels),
+                   "model_version": version, "timing": {"delay_days": config.delay_days, **config.timing},
+                   "engine": "spark", "data_hash": f"spark-{data_rows}", "data_rows": int(data_rows),
+                   "as_of": str(as_of)}
+        summary["out"] = write_output(scores, out)
+        summary["score_seconds"] = round(time.perf_counter() - t1, 3)
+        if opt.features_out:
+            write_output(feats, opt.features_out)
     finally:
         feats.unpersist()
-    sent = log.record(nudges, sent_at, "batch", config.channels, replace_same_run=True) if opt.record else 0
+    summary["recorded_contacts"] = log.record(nudges, sent_at, "batch", config.channels, replace_same_run=True) \
+        if opt.record else 0
     log.close()
-    decisions = {f"{r.action}.{r.channel if isinstance(r.channel, str) else 'none'}": int(r.count)
-                 for r in counts.itertuples(index=False)}
-    data_rows = inputs.frames["transactions"].count()
-    summary = {"out": path, "customers": int(n), "nudges": len(nudges),
-               "cost": float(nudges["channel"].map(config.channels).sum()), "model_version": version,
-               "recorded_contacts": sent, "score_seconds": round(score_s, 3),
-               "seconds": round(time.perf_counter() - t0, 3), "decisions": dict(sorted(decisions.items())),
-               "timing": {"delay_days": config.delay_days, **config.timing}, "engine": "spark",
-               "data_hash": f"spark-{data_rows}", "data_rows": int(data_rows), "as_of": str(as_of)}
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
     if opt.log_mlflow:
-        _log_run(summary, opt)
-    _say(f"wrote {n:,} rows to {path}: {summary['nudges']:,} nudges in {summary['seconds']:.1f} s")
+        log_run(summary, opt)
+    _say(f"wrote {n:,} rows to {summary['out']}: {summary['nudges']:,} nudges in {summary['seconds']:.1f} s")
     return summary

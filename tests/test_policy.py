@@ -161,6 +161,45 @@ def test_the_shipped_policy_file_loads_and_names_bad_settings(tmp_path):
         load_policy(bad)
 
 
+POLICY = "channels: {email: 0.1}\nmessages:\n  x: {stages: [new], uplift: {email: 0.1}, when: {feature: n_orders, below: 2}}\n"
+
+
+@pytest.mark.parametrize("edit, key", [
+    (("below: 2", "below: abc"), "messages.x.when.below"),  # a string threshold: every decision crashed
+    (("[new]", "new"), "messages.x.stages"),  # a string, not a list: was ('n', 'e', 'w')
+    (("[new]", "[newbie]"), "messages.x.stages"),  # an unknown stage: nobody was ever eligible
+    (("n_orders", "n_order"), "messages.x.when.feature"),  # an unknown feature: nobody was ever eligible
+    (("n_orders", "lifecycle_stage"), "messages.x.when.feature"),  # categorical: not comparable to a number
+    (("below: 2", "abovee: 2"), "messages.x.when.abovee"),  # a typo
+    (("email: 0.1}, when", "email: high}, when"), "messages.x.uplift.email"),
+    (("channels: {email: 0.1}", "channels: {email: -1}"), "channels.email"),
+    (("channels:", "contacts: {max_contacts: 2.5}\nchannels:"), "contacts.max_contacts"),  # was cut to 2
+    (("channels:", "contacts: {response_decay: 2}\nchannels:"), "contacts.response_decay"),
+    (("channels:", "timing: {new_customer_delay_days: abc}\nchannels:"), "timing.new_customer_delay_days"),
+    (("channels:", "budget: [1]\nchannels:"), "budget"),
+])
+def test_bad_policy_settings_are_one_line_errors_naming_the_file_and_key(tmp_path, edit, key):
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY.replace(*edit))
+    with pytest.raises(InputError) as err:
+        load_policy(path)
+    assert str(err.value).startswith(f"{path}: {key}: ") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("feature", ["n_orders", "attr_age", "attr_signup_date_days", "aha_app_session_first_7d",
+                                     "p_purchase", "expected_value"])
+def test_when_accepts_features_attributes_aha_counts_and_model_scores(tmp_path, feature):
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY.replace("n_orders", feature))
+    assert load_policy(path).messages["x"].feature == feature
+
+
+def test_a_text_attribute_in_when_is_an_input_error_naming_the_message():
+    cfg = config(messages={"x": Message("x", "x", ("new",), {"email": 0.1}, feature="attr_region", below=1)})
+    with pytest.raises(InputError, match="messages.x.when.feature: attr_region is not numeric"):
+        decide(scores({"attr_region": "north"}), cfg)
+
+
 def test_contact_log_keeps_contacts_and_a_rerun_replaces_its_own(tmp_path):
     log = ContactLog(f"sqlite:///{tmp_path}/c.db")
     dec = pd.DataFrame({"customer_id": ["a", "b"], "action": ["nudge", "hold"], "channel": ["email", None],
@@ -172,6 +211,13 @@ def test_contact_log_keeps_contacts_and_a_rerun_replaces_its_own(tmp_path):
     assert hist["timestamp"].tolist() == [AS_OF, AS_OF + pd.Timedelta(days=1)]
     assert hist["source"].tolist() == ["batch", "http"]
     assert len(log.history(["a"], since=AS_OF + pd.Timedelta(hours=1))) == 1
+
+
+@pytest.mark.parametrize("url", ["garbage", "nosuchdialect://host/db"])
+def test_a_bad_contact_db_url_is_a_one_line_error_naming_the_variable(monkeypatch, url):
+    monkeypatch.setenv("KAIROS_CONTACT_DB", url)
+    with pytest.raises(InputError, match="^KAIROS_CONTACT_DB: not a usable SQLAlchemy database URL"):
+        ContactLog()
 
 
 def test_decide_keeps_row_order_and_input_columns():

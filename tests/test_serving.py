@@ -122,7 +122,9 @@ def test_by_id_and_raw_history_give_the_same_scores(client, world):
             "events": [{"timestamp": t.isoformat(), "event": e, **({"value": v} if pd.notna(v) else {})}
                        for t, e, v in zip(ev["timestamp"], ev["event"], ev["value"])],
             "attributes": {k: (v.strftime("%Y-%m-%d") if isinstance(v, pd.Timestamp) else v) for k, v in attrs.items()}}
-    by_id, raw = client.post("/score", json={"customers": [{"customer_id": cid}, item]}).json()["results"]
+    # two requests: in one, the second copy of a nudged customer_id is held (nudged once per request)
+    (by_id,), (raw,) = (client.post("/score", json={"customers": [it]}).json()["results"]
+                        for it in ({"customer_id": cid}, item))
     assert "error" not in raw, raw.get("error")
     for col in ("n_orders", "lifecycle_stage", "as_of", "action", "channel", "message"):
         assert by_id[col] == raw[col], col
@@ -163,6 +165,61 @@ def test_next_best_action_records_the_nudge_and_the_cooldown_holds(client, world
     assert nudged
     again = client.post("/score", json={"customers": [{"customer_id": nudged[0]}]}).json()["results"][0]
     assert again["action"] == "hold" and "cooldown" in again["reasons"]
+
+
+@pytest.fixture
+def scorer(world, tmp_path):
+    """A Scorer on the session's model and snapshot with a contact log of its own."""
+    from serving.api import Scorer
+    from serving.contact_log import ContactLog
+    from serving.policy import load_policy, required_columns
+    from serving.snapshot import Snapshot
+
+    config = load_policy()
+    snap = Snapshot(world.features, world.model, required_columns(config))
+    return Scorer(world.model, world.version, config, snap, ContactLog(f"sqlite:///{tmp_path}/contacts.db"))
+
+
+def test_a_repeated_customer_id_sees_its_contacts_and_is_nudged_and_recorded_once(world, scorer):
+    from serving.api import CustomerIn
+
+    now = world.as_of + pd.Timedelta(days=1)
+    ids = ids_where(world, lambda f: f["lifecycle_stage"].isin(["loyal", "at_risk"]))[:100]
+    answers = scorer.score([CustomerIn(customer_id=i) for i in ids], with_reasons=False, now=now)
+    a, b = [r["customer_id"] for r in answers if r["action"] == "nudge"][:2]
+    items = [CustomerIn(customer_id=c) for c in (a, b, a, a)]
+    first = scorer.score(items, with_reasons=False, now=now)
+    assert [r["action"] for r in first] == ["nudge", "nudge", "hold", "hold"]
+    assert first[2]["reasons"].startswith("hold: customer_id repeated in this request, item 0 gets the nudge")
+    assert scorer.record(first, now) == 2
+    later = scorer.score(items, with_reasons=False, now=now + pd.Timedelta(days=1))
+    assert all(r["action"] == "hold" and "cooldown" in r["reasons"] for r in later)  # every copy: was only the first
+
+
+def test_an_unexpected_error_in_one_raw_item_answers_that_item_and_is_logged(world, scorer, monkeypatch, caplog):
+    import logging
+
+    import features.pipeline
+    from serving.api import CustomerIn
+
+    real = features.pipeline.build_features
+
+    def fails_for_bad(tx, *args, **kw):
+        if (tx["customer_id"] == "BAD").any():
+            raise ZeroDivisionError("a bug")
+        return real(tx, *args, **kw)
+
+    monkeypatch.setattr(features.pipeline, "build_features", fails_for_bad)
+    logging.getLogger("bentoml.kairos").addHandler(caplog.handler)  # BentoML may stop propagation to the root
+    try:
+        tx = [{"timestamp": "2025-12-20", "amount": 30.0}]
+        res = scorer.score([CustomerIn(customer_id=c, transactions=tx) for c in ("BAD", "OK")], with_reasons=False)
+    finally:
+        logging.getLogger("bentoml.kairos").removeHandler(caplog.handler)
+    assert res[0]["error"] == "internal error while scoring this item (logged)" and "error" not in res[1]
+    assert res[1]["action"] in ("nudge", "hold")
+    logged = [r for r in caplog.records if "customer_id BAD" in r.getMessage()]
+    assert logged and all(r.exc_info[0] is ZeroDivisionError for r in logged)
 
 
 def test_api_key_is_required_when_configured(client, monkeypatch):
@@ -217,6 +274,58 @@ def test_batch_budget_and_date_partitions(world, tmp_path):
     out = tmp_path / f"as_of={AS_OF}" / "scores.parquet"
     assert s["out"] == str(out) and out.exists()
     assert s["cost"] <= 20.0 and s["nudges"] > 0
+
+
+def test_a_batch_without_nudges_exits_cleanly_with_zero_cost(world, tmp_path):
+    s = batch(world, tmp_path / "s.parquet", budget=0.0, record=False)  # pandas 3 summed no channels to ''
+    assert s["nudges"] == 0 and s["cost"] == 0.0 and s["decisions"] == {"hold.none": len(world.features)}
+    assert (pd.read_parquet(tmp_path / "s.parquet")["action"] == "hold").all()
+
+
+def test_a_failed_mlflow_log_keeps_the_written_scores_and_warns(world, tmp_path, monkeypatch, capsys):
+    def store_down(summary, opt):
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr("serving.batch._log_run", store_down)
+    s = batch(world, tmp_path / "s.parquet", record=False, log_mlflow=True)
+    assert Path(s["out"]).exists() and "not logged to MLflow (ConnectionError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out, kw, match", [
+    ("s.parquet", {"features_out": "d"}, "d: is a directory"),  # the scores were written, then a traceback
+    ("s.parquet", {"features_out": "s.parquet"}, "the same path as --out"),  # the features silently won
+    ("afile", {"partition_by_date": True}, "parent of the output path is a file"),  # NotADirectoryError
+    ("s.parquet", {"features_out": "afile/f.parquet"}, "parent of the output path is a file"),
+])
+def test_batch_checks_both_output_paths_before_any_work(world, tmp_path, out, kw, match):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "afile").write_text("x")
+    kw = {k: str(tmp_path / v) if isinstance(v, str) else v for k, v in kw.items()}
+    with pytest.raises(InputError, match=match):  # before the model: this one does not exist
+        batch(world, tmp_path / out, model_uri="models:/does-not-exist/1", **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d"] and not any((tmp_path / "d").iterdir())
+
+
+def test_top_sorts_a_csv_scores_file_by_number_and_checks_its_input(tmp_path, capsys):
+    from serving.__main__ import main
+
+    rows = [{"customer_id": c, "as_of": AS_OF, "lifecycle_stage": "repeat", "p_purchase": 0.5, "expected_value": 9.0,
+             "action": "nudge", "channel": "email", "message": "m", "priority": p} for c, p in
+            (("small", 9.95), ("big", 236.1), ("mid", 10.0))]
+    good = tmp_path / "scores.csv"
+    pd.DataFrame(rows).to_csv(good, index=False)
+    assert main(["top", "--scores", str(good), "--n", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()[-2:]
+    assert [line.split()[0] for line in table] == ["big", "mid"]  # as text, "9.95" sorted above "236.1"
+    not_scores = tmp_path / "tx.csv"
+    not_scores.write_text("customer_id,timestamp,amount\nA,2024-01-01,10\n")
+    with pytest.raises(InputError, match="missing column.*action"):  # was KeyError: 'action'
+        main(["top", "--scores", str(not_scores)])
+    with pytest.raises(InputError, match="--n -3: must be at least 1"):
+        main(["top", "--scores", str(good), "--n", "-3"])
+    pd.DataFrame(rows).assign(priority="high").to_csv(good, index=False)
+    with pytest.raises(InputError, match="column priority is not numeric"):
+        main(["top", "--scores", str(good)])
 
 
 def test_batch_pushes_the_top_aha_action_and_emits_the_moments_that_matter(world, tmp_path):
