@@ -66,6 +66,19 @@ def _batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """InputError if `host:port` cannot be bound (in use, or not an address of this machine): BentoML would fail
+    with a traceback after the model has loaded."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from serving.policy import load_policy
     from serving.scoring import resolve_model_uri
@@ -76,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         check_snapshot(args.features)
     load_policy(args.policy, args.aha_rules)
+    _check_port_free(args.host, args.port)
     configure()
     uri, version = resolve_model_uri(args.model_uri)
     root = Path(__file__).resolve().parent.parent

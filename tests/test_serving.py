@@ -306,6 +306,19 @@ def test_batch_checks_both_output_paths_before_any_work(world, tmp_path, out, kw
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d"] and not any((tmp_path / "d").iterdir())
 
 
+def test_serve_on_a_port_in_use_is_a_one_line_error():
+    import socket
+
+    from serving.__main__ import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InputError, match=f"--port {port}: cannot listen there"):
+            main(["serve", "--host", "127.0.0.1", "--port", str(port)])
+
+
 def test_top_sorts_a_csv_scores_file_by_number_and_checks_its_input(tmp_path, capsys):
     from serving.__main__ import main
 
