@@ -133,6 +133,53 @@ def test_by_id_and_raw_history_give_the_same_scores(client, world):
     assert by_id["reasons"] == raw["reasons"]
 
 
+def _raw_item(world, cid: str, as_of: str = AS_OF, attributes: bool = True) -> dict:
+    """The request item of a simulated customer's whole history (transactions, events, attributes)."""
+    w = world.world
+    tx = w.transactions.loc[w.transactions["customer_id"] == cid].drop(columns="customer_id")
+    ev = w.events.loc[w.events["customer_id"] == cid].drop(columns="customer_id")
+    attrs = w.customers.loc[w.customers["customer_id"] == cid].drop(columns="customer_id").iloc[0]
+    return {"customer_id": cid, "as_of": as_of,
+            "transactions": [{k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in row.items()
+                              if not (isinstance(v, float) and np.isnan(v))} for row in tx.to_dict("records")],
+            "events": [{"timestamp": t.isoformat(), "event": e, **({"value": v} if pd.notna(v) else {})}
+                       for t, e, v in zip(ev["timestamp"], ev["event"], ev["value"])],
+            **({"attributes": {k: (v.strftime("%Y-%m-%d") if isinstance(v, pd.Timestamp) else v)
+                               for k, v in attrs.items()}} if attributes else {})}
+
+
+def test_raw_items_scored_together_equal_each_scored_alone(world, scorer, monkeypatch):
+    import features.pipeline
+    from serving.api import CustomerIn
+
+    ids = ids_where(world, lambda f: f["n_orders"] >= 1)[:6]
+    items = [_raw_item(world, ids[0]), _raw_item(world, ids[1]), _raw_item(world, ids[2], attributes=False),
+             _raw_item(world, ids[3], as_of="2025-10-31"), _raw_item(world, ids[4]),
+             {**_raw_item(world, ids[5]), "customer_id": ids[0]},  # the same id with another history
+             {"customer_id": "NO-HISTORY"}, {"customer_id": "BAD", "transactions": [{"timestamp": "2025-01-01",
+                                                                                   "amount": 1.0, "customer_id": "X"}]},
+             {"customer_id": "NEW", "transactions": [{"timestamp": "2025-12-01", "amount": 20.0}], "as_of": AS_OF,
+              "attributes": {"segment": 3}}]  # an attribute of another type than the others' segment: its own group
+    items[6]["events"] = [{"timestamp": "2025-12-30", "event": "app_session"}]
+    parsed = [CustomerIn(**it) for it in items]
+    now = pd.Timestamp("2026-01-01")
+    real, builds = features.pipeline.build_features, []
+    monkeypatch.setattr(features.pipeline, "build_features", lambda *a, **k: builds.append(1) or real(*a, **k))
+    together = scorer.score(parsed, with_reasons=True, now=now)
+    # one build per group (same as-of and attribute types, distinct ids): items 0, 1 and 4 share theirs
+    assert len(builds) == 6
+    alone = [scorer.score([it], with_reasons=True, now=now)[0] for it in parsed]
+    assert "customer_id differs" in together[7]["error"] and "error" not in together[0]
+    for i, (a, b) in enumerate(zip(together, alone)):
+        if i == 5:  # a repeated id: held after item 0's nudge; otherwise the same answer
+            assert b["action"] != "nudge" or a["action"] == "hold"
+            a, b = {**a, "action": b["action"], "channel": b["channel"], "message": b["message"],
+                    "reasons": b["reasons"]}, b
+        assert a.keys() == b.keys(), i
+        for k in a:
+            assert a[k] == (pytest.approx(b[k], rel=1e-12) if isinstance(b[k], float) else b[k]), (i, k)
+
+
 def test_raw_history_of_a_new_customer_is_scored_on_the_fly(client):
     hist = [{"timestamp": "2025-06-01T10:00:00", "amount": 42.0}]
     r = client.post("/score", json={"customers": [{"customer_id": "NEW-1", "transactions": hist}]})
