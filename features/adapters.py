@@ -99,13 +99,16 @@ def _require(df: pd.DataFrame, columns: list[str], path: Path, source: str) -> N
 
 
 def _numeric_columns(df: pd.DataFrame, columns: list[str], path: Path) -> pd.DataFrame:
-    """`df` with `columns` as float64; a missing or non-numeric value is an error naming the file, column and rows."""
+    """`df` with `columns` as float64; a missing or non-numeric value is an error naming the file, column and rows
+    (numbered as in the file: `df` may be a filtered slice of it, indexed by file row)."""
     out = df.copy()
     for col in columns:
         num = pd.to_numeric(df[col], errors="coerce")
         bad = num.isna().to_numpy()
         if bad.any():
-            raise offending_rows(str(path), col, "is not a number", df[col], bad)
+            rows = df.index.to_numpy()
+            raw = pd.Series(df[col].to_numpy(), index=rows).reindex(range(int(rows.max()) + 1))
+            raise offending_rows(str(path), col, "is not a number", raw, np.isin(np.arange(len(raw)), rows[bad]))
         out[col] = num.astype("float64")
     return out
 
@@ -185,8 +188,8 @@ def online_retail(path: Path) -> dict[str, pd.DataFrame]:
     stock = df[col["stock_code"]].astype("str").str.strip()
     keep = customer.notna() & ~stock.str.upper().isin(DROPPED_STOCK_CODES)
     df, customer, stock = df[keep], customer[keep], stock[keep]
-    quantity = pd.to_numeric(df[col["quantity"]], errors="coerce").astype("float64")
-    price = pd.to_numeric(df[col["price"]], errors="coerce").astype("float64")
+    df = _numeric_columns(df, [col["quantity"], col["price"]], file)
+    quantity, price = df[col["quantity"]], df[col["price"]]
     transactions = pd.DataFrame({
         "customer_id": customer.astype("str"),
         "timestamp": _timestamps(df[col["date"]], file, col["date"]),
@@ -289,6 +292,7 @@ def complete_journey(path: Path) -> dict[str, pd.DataFrame]:
     tx = _read(tx_file, dtype={"household_id": str, "basket_id": str, "product_id": str})
     _require(tx, ["household_id", "basket_id", "product_id", "quantity", "sales_value", "transaction_timestamp"],
              tx_file, "The Complete Journey transactions")
+    tx = _numeric_columns(tx, ["sales_value", "quantity"], tx_file)
     product_id = as_id(tx["product_id"])
     category = pd.Series("UNKNOWN", index=tx.index, dtype="str")
     if (products_file := _cj_file(directory, "products")) is not None:
@@ -300,11 +304,11 @@ def complete_journey(path: Path) -> dict[str, pd.DataFrame]:
     out = {"transactions": pd.DataFrame({
         "customer_id": as_id(tx["household_id"]).astype("str"),
         "timestamp": _timestamps(tx["transaction_timestamp"], tx_file, "transaction_timestamp"),
-        "amount": pd.to_numeric(tx["sales_value"], errors="coerce").astype("float64"),
+        "amount": tx["sales_value"],
         "order_id": as_id(tx["basket_id"]).astype("str"),
         "product_id": product_id.astype("str"),
         "category": category,
-        "quantity": pd.to_numeric(tx["quantity"], errors="coerce").astype("float64"),
+        "quantity": tx["quantity"],
         "channel": pd.Series("store", index=tx.index, dtype="str"),
     })}
     campaigns_file, descriptions_file = _cj_file(directory, "campaigns"), _cj_file(directory, "campaign_descriptions")

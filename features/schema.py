@@ -68,10 +68,14 @@ _TRUE = {"true", "t", "1", "yes", "y", "1.0"}
 _FALSE = {"false", "f", "0", "no", "n", "0.0"}
 
 
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT
+
+
 def offending_rows(source: str, column: str, problem: str, raw: pd.Series, bad: np.ndarray) -> InputError:
     """Build the one-line error naming the file, the column and up to five offending rows (1-based)."""
     idx = np.flatnonzero(bad)
-    shown = ", ".join(f"row {i + 1} ({raw.iloc[i]!r})" for i in idx[:5])
+    shown = ", ".join(f"row {i + 1} ({'empty' if _is_missing(raw.iloc[i]) else repr(raw.iloc[i])})" for i in idx[:5])
     more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
     return InputError(f"{source}: column '{column}' {problem} in {len(idx):,} of {len(raw):,} rows: {shown}{more}")
 

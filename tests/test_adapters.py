@@ -204,3 +204,22 @@ def test_float_looking_ids_lose_their_decimal_part(tmp_path):
     tx = adapt("complete_journey", tmp_path / "cj")["transactions"]
     assert tx.loc[0, "order_id"] == "40128000000"
     assert tx.loc[1, "customer_id"] == raw.loc[1, "household_id"][:-2]
+
+
+def test_non_numeric_quantity_or_price_names_the_file_column_and_row(tmp_path):
+    raw = pd.read_csv(OR_II, dtype=str)
+    row = int(raw["Customer ID"].notna().to_numpy().argmax())  # a row that is kept: it has a customer id
+    raw.loc[row, "Quantity"] = "abc"
+    raw.to_csv(tmp_path / "or.csv", index=False)
+    with pytest.raises(ValueError, match=rf"or\.csv: column 'Quantity' is not a number in 1 of .* row {row + 1} \('abc'\)"):
+        adapt("online_retail", tmp_path / "or.csv")
+    shutil.copytree(CJ, tmp_path / "cj")
+    tx = pd.read_csv(CJ / "transactions_sample.csv.gz", dtype=str)
+    tx.loc[0, "sales_value"], tx.loc[1, "quantity"] = "n/a", "12 units"
+    tx.to_csv(tmp_path / "cj" / "transactions_sample.csv.gz", index=False)
+    with pytest.raises(ValueError, match=r"column 'sales_value' is not a number in 1 of .* row 1 \(empty\)"):
+        adapt("complete_journey", tmp_path / "cj")
+    tx.loc[0, "sales_value"] = "1.5"
+    tx.to_csv(tmp_path / "cj" / "transactions_sample.csv.gz", index=False)
+    with pytest.raises(ValueError, match=r"column 'quantity' is not a number in 1 of .* row 2 \('12 units'\)"):
+        adapt("complete_journey", tmp_path / "cj")

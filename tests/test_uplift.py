@@ -273,3 +273,17 @@ def test_nudge_outcome_window_is_after_the_nudge_up_to_the_response_days():
     assert frame["y_value"].tolist() == [20.0, 0.0, 0.0, 4.0]
     # features as of the nudge's day start minus 1 ns: nobody was known yet (no customers table), so no features
     assert frame["n_orders"].isna().all()
+
+
+def test_nudges_whose_response_window_runs_past_the_data_are_left_out(capsys):
+    from training.uplift_run import observed_nudges
+
+    day = pd.Timestamp("2025-01-01")
+    nudges = pd.DataFrame({"customer_id": ["a", "b", "c"], "treated": [True, False, True],
+                           "timestamp": [day, day + pd.Timedelta(days=10), day + pd.Timedelta(days=20)]})
+    tx = pd.DataFrame({"customer_id": ["a"], "amount": [1.0], "timestamp": [day + pd.Timedelta(days=25)]})
+    assert observed_nudges(nudges, tx, 14)["customer_id"].tolist() == ["a", "b"]  # c's window ends on day 34
+    assert "left out 1 of 3 nudges" in capsys.readouterr().err
+    # one campaign whose purchases were recorded up to a date (Hillstrom): every window runs past it, all are kept
+    assert len(observed_nudges(nudges, tx, 30)) == 3
+    assert "every nudge's 30-day response window ends after the last transaction" in capsys.readouterr().err

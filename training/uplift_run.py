@@ -15,7 +15,7 @@ from features.pipeline import build_features
 from training.uplift import LEARNERS, UpliftModel, check_nudges, feature_spec, nudge_frame, select_learner
 from training.uplift_eval import UpliftEvaluation, evaluate
 
-__all__ = ["MIN_PER_ARM", "fit_uplift", "run_uplift", "score_customers", "uplift_for_training"]
+__all__ = ["MIN_PER_ARM", "fit_uplift", "observed_nudges", "run_uplift", "score_customers", "uplift_for_training"]
 
 MIN_PER_ARM = 20
 
@@ -79,6 +79,7 @@ def run_uplift(customers: pd.DataFrame, nudges: pd.DataFrame, transactions: pd.D
     check_nudges(nudges)
     if response_days < 1:
         raise InputError("--response-days must be at least 1 day")
+    nudges = observed_nudges(nudges, transactions, response_days)
     frame = nudge_frame(nudges, transactions, response_days, events, customers)
     _check_frame(frame, response_days)
     print(f"evaluating {', '.join(LEARNERS)} on a stratified hold-out of {len(frame):,} nudges", file=sys.stderr)
@@ -113,6 +114,23 @@ def run_uplift(customers: pd.DataFrame, nudges: pd.DataFrame, transactions: pd.D
             "scores": str(out_dir / "uplift_scores.csv") if scores is not None else None,
             "metrics": {k: m[k] for k in ("qini", "auuc", "uplift_at_10", "uplift_at_30")},
             "policy_values": ev.policy_values, "power": ev.power, "split": ev.split}
+
+
+def observed_nudges(nudges: pd.DataFrame, transactions: pd.DataFrame, response_days: int) -> pd.DataFrame:
+    """The nudges whose response window ends by the last transaction: a window that runs past the data would count
+    its unobserved days as "no purchase" and bias the uplift towards zero. When every window runs past it (one
+    campaign whose purchases were recorded up to a date, as in Hillstrom), all are kept with a warning."""
+    end = transactions["timestamp"].max()
+    done = (nudges["timestamp"] + pd.Timedelta(days=response_days) <= end).to_numpy()
+    if done.all():
+        return nudges
+    if not done.any():
+        print(f"note: every nudge's {response_days}-day response window ends after the last transaction "
+              f"({end}); purchases after it count as none", file=sys.stderr)
+        return nudges
+    print(f"note: left out {int((~done).sum()):,} of {len(nudges):,} nudges whose {response_days}-day response "
+          f"window ends after the last transaction ({end}): their outcome is not observed yet", file=sys.stderr)
+    return nudges.loc[done].reset_index(drop=True)
 
 
 def uplift_for_training(nudges: pd.DataFrame | None, transactions: pd.DataFrame, as_of: pd.Timestamp,
