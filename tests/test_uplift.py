@@ -287,3 +287,12 @@ def test_nudges_whose_response_window_runs_past_the_data_are_left_out(capsys):
     # one campaign whose purchases were recorded up to a date (Hillstrom): every window runs past it, all are kept
     assert len(observed_nudges(nudges, tx, 30)) == 3
     assert "every nudge's 30-day response window ends after the last transaction" in capsys.readouterr().err
+
+
+def test_the_hold_out_advice_is_for_an_average_campaign_not_a_day_of_nudges():
+    from training.uplift_eval import campaign_size
+
+    days = pd.to_datetime(["2025-01-01", "2025-01-02", "2025-01-03"] * 4 + ["2025-02-01"] * 4)
+    frame = pd.DataFrame({"campaign": ["jan"] * 12 + ["feb"] * 4, "nudge_time": days,
+                          "treated": [True] * 10 + [False] * 2 + [True] * 3 + [False]})
+    assert campaign_size(frame) == 7  # 13 treated in 2 campaigns (4 sending days)

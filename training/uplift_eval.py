@@ -23,7 +23,7 @@ from training.uplift_metrics import (
     uplift_by_decile,
 )
 
-__all__ = ["POLICIES", "UpliftEvaluation", "evaluate", "learner_metrics", "policies"]
+__all__ = ["POLICIES", "UpliftEvaluation", "campaign_size", "evaluate", "learner_metrics", "policies"]
 
 POLICIES = ("kairos", "everyone", "no_one", "random", "by_purchase_probability")
 
@@ -80,6 +80,12 @@ def policies(uplift: np.ndarray, p_purchase: np.ndarray, value_per_purchase: flo
             "by_purchase_probability": by_p}
 
 
+def campaign_size(frame: pd.DataFrame) -> int:
+    """Treated nudges of an average campaign so far (a campaign may be sent over several days)."""
+    campaigns = frame["campaign"].nunique() if "campaign" in frame else 1
+    return int(np.ceil(frame["treated"].to_numpy(dtype=bool).sum() / max(campaigns, 1)))
+
+
 def evaluate(frame: pd.DataFrame, spec: FeatureSpec, outcome: str = "y_purchase", value: str = "y_value",
              channel_costs: dict[str, float] | None = None, params: dict | None = None, seed: int = 0,
              test_size: float = 0.3, learners: tuple[str, ...] = tuple(LEARNERS), budget: int | None = None,
@@ -126,8 +132,7 @@ def evaluate(frame: pd.DataFrame, spec: FeatureSpec, outcome: str = "y_purchase"
     dr = (mu1_p - mu0_p + t[test] * (y[test] - mu1_p) / e - (~t[test]) * (y[test] - mu0_p) / (1 - e))[target]
     expected = float(dr.mean()) if dr.mean() > 0 else float(uplift[target].mean())
     if budget is None:
-        dates = frame["nudge_time"].dt.normalize().nunique() if "nudge_time" in frame else 1
-        budget = int(np.ceil(t.sum() / max(dates, 1)))
+        budget = campaign_size(frame)
     power = {"budget": int(budget), "p_control": p_control, "expected_uplift": expected,
              **holdout_size(p_control, expected, budget)}
     split = {"train_treated": int(t[train].sum()), "train_control": int((~t[train]).sum()),
