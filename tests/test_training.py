@@ -141,6 +141,9 @@ def test_train_registers_challenger_and_first_champion_then_promotion_gates(worl
     gated = promote(version=second["registered_version"])      # a near-constant model is worse: the gate holds
     assert not gated["promoted"] and alias_version("champion") == "1"
     assert gated["comparison"]["champion.auc"] > gated["comparison"]["candidate.auc"]
+    # each version is judged by its backtest model (out of sample), not by its final model (trained on those labels)
+    assert gated["comparison"]["candidate.auc"] == pytest.approx(second["metrics"]["kairos.auc"], abs=1e-12)
+    assert gated["comparison"]["champion.auc"] == pytest.approx(first["metrics"]["kairos.auc"], abs=1e-12)  # same data
     assert promote(version=second["registered_version"], force=True)["promoted"]
     assert alias_version("champion") == second["registered_version"]
     import mlflow
@@ -169,6 +172,15 @@ def test_promotion_refuses_versions_of_different_horizons_and_bad_run_ids(store)
         with mlflow.start_run() as run:
             mlflow.log_params({"horizon_days": horizon, "value_horizon_days": value_horizon})
         c.create_model_version(MODEL_NAME, f"{store}/none", run_id=run.info.run_id)
+    for cutoff in ("2025-03-01", "2025-01-01"):  # the same horizons, the champion backtested later
+        with mlflow.start_run() as run:
+            mlflow.log_params({"horizon_days": 90, "value_horizon_days": 365, "backtest_cutoff": cutoff})
+        c.create_model_version(MODEL_NAME, f"{store}/none", run_id=run.info.run_id)
+    set_alias("champion", "3")
+    with pytest.raises(InputError, match=r"champion 3 was backtested as of 2025-03-01, after candidate 4's"):
+        promote(version="4")
+    with pytest.raises(InputError, match=r"version 1 has no backtest/backtest_set.parquet"):
+        promote(version="1")  # its backtest is not later than 3's, but no backtest model was logged
     set_alias("champion", "1")
     with pytest.raises(InputError, match=r"predict different horizons \(horizon_days 30 vs 90, value_horizon_days"):
         promote(version="2")

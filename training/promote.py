@@ -1,11 +1,15 @@
 """Promotion: `champion` moves to a candidate only if it is not worse than the champion on the same backtest.
 
-"The same backtest" is the candidate's own backtest set (features at its backtest cutoff and the labels after
-it, logged with its run): both models score it, and the candidate must match the champion's AUC and value
-Gini within `tolerance`. Versions trained for different horizons are not compared (an error, unless forced).
+"The same backtest" is the candidate's backtest set (features at its backtest cutoff and the labels after it,
+logged with its run), scored by each version's backtest model: the model its run trained as of its own backtest
+cutoff, so neither has seen those labels (the registered final models were trained on them: the final model's
+newest training cutoff is the backtest cutoff). The candidate must match the champion's AUC and value Gini within
+`tolerance`. Versions trained for different horizons are not compared, nor a champion whose backtest cutoff is
+later than the candidate's (its backtest model has seen the candidate's backtest window): errors, unless forced.
 """
 from __future__ import annotations
 
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -49,19 +53,37 @@ def _check_same_task(candidate: str, champion: str) -> None:
                          f"({shown}); they are not comparable: train with the champion's horizons, or --force")
 
 
-def compare_on_backtest(candidate: str, champion: str) -> dict[str, float]:
-    """AUC and value Gini of both versions on the candidate's backtest set."""
+def _backtest_artifact(run_id: str, version: str, name: str, tmp: str) -> Path:
+    """The file `backtest/<name>` logged by the training run of `version`, downloaded to `tmp`."""
     import mlflow
 
-    from training.pyfunc import load_kairos_model
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"backtest/{name}", dst_path=tmp))
+    except (MlflowException, OSError):
+        raise InputError(f"model registry: version {version} has no backtest/{name} (trained before promotion "
+                         f"compared backtest models?); train it again to compare it, or --force") from None
 
-    run_id = client().get_model_version(MODEL_NAME, candidate).run_id
+
+def compare_on_backtest(candidate: str, champion: str) -> dict[str, float]:
+    """AUC and value Gini of both versions' backtest models on the candidate's backtest set."""
+    from training.train import BACKTEST_MODEL
+
+    c = client()
+    runs = {v: c.get_run(c.get_model_version(MODEL_NAME, v).run_id) for v in (candidate, champion)}
+    cutoffs = {v: pd.Timestamp(r.data.params.get("backtest_cutoff", "NaT")) for v, r in runs.items()}
+    if pd.notna(cutoffs[champion]) and pd.notna(cutoffs[candidate]) and cutoffs[champion] > cutoffs[candidate]:
+        raise InputError(f"model registry: champion {champion} was backtested as of {cutoffs[champion].date()}, "
+                         f"after candidate {candidate}'s backtest cutoff {cutoffs[candidate].date()}: its backtest "
+                         f"model has seen the candidate's backtest window; use --force to promote anyway")
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="backtest/backtest_set.parquet", dst_path=tmp)
-        data = pd.read_parquet(Path(path))
+        data = pd.read_parquet(_backtest_artifact(runs[candidate].info.run_id, candidate, "backtest_set.parquet", tmp))
+        models = {}
+        for role, v in (("candidate", candidate), ("champion", champion)):
+            with open(_backtest_artifact(runs[v].info.run_id, v, BACKTEST_MODEL, f"{tmp}/{role}"), "rb") as f:
+                models[role] = pickle.load(f)  # our own run's artifact, in our own store
     out = {}
-    for role, version in (("candidate", candidate), ("champion", champion)):
-        scores = load_kairos_model(f"models:/{MODEL_NAME}/{version}").predict(data)
+    for role, model in models.items():
+        scores = model.predict(data)
         out[f"{role}.auc"] = classification_metrics(data["y_purchase"], scores["p_purchase"])["auc"]
         out[f"{role}.gini"] = normalized_gini(data["y_value"], scores["expected_value"])
     return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -19,9 +20,10 @@ from training.backtest import run_backtest
 from training.models import DEFAULT_PARAMS, MIN_CUSTOMERS, KairosModel
 from training.registry import MODEL_NAME, alias_version, configure, set_alias
 
-__all__ = ["Inputs", "best_tuned_params", "check_enough_customers", "fingerprint", "git_commit", "train"]
+__all__ = ["BACKTEST_MODEL", "Inputs", "best_tuned_params", "check_enough_customers", "fingerprint", "git_commit", "train"]
 
 BEST_PARAMS_TAG = "kairos.best_params"
+BACKTEST_MODEL = "backtest_model.pkl"  # the model trained as of the backtest cutoff
 
 
 @dataclass
@@ -128,6 +130,8 @@ def train(inputs: Inputs, as_of: pd.Timestamp, horizon_days: int = 90, value_hor
             print("report: plots and backtest_report.html", file=sys.stderr)
             write_report(bt, Path(tmp) / "backtest")
             bt.scored.to_parquet(Path(tmp) / "backtest" / "backtest_set.parquet", index=False)
+            with open(Path(tmp) / "backtest" / BACKTEST_MODEL, "wb") as f:  # what `promote` compares versions by
+                pickle.dump(bt.model, f)
             mlflow.log_artifacts(str(Path(tmp) / "backtest"), artifact_path="backtest")
         print("final model: training on all cutoffs up to as-of", file=sys.stderr)
         frame = training_frame(tx, as_of, horizon_days, value_horizon_days, ev, cu)
