@@ -1,4 +1,6 @@
 # Kairos: every target works from a fresh clone; each depends on `setup`, which builds ./.venv once.
+SHELL := bash
+.SHELLFLAGS := -e -o pipefail -c  # a failing command fails its target, also inside a pipe (train | tee)
 PYTHON_BASE ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -60,7 +62,9 @@ evaluate: setup
 
 # promote the newest version (VERSION=n to choose); the gate compares it with the champion
 promote: setup
-	$(PY) -m training promote --version $${VERSION:-$$($(PY) -c 'import json; print(json.loads(open("$(DATA)/train.json").read().splitlines()[-1])["registered_version"])')}
+	@v=$${VERSION:-$$($(PY) -c 'import json; print(json.loads(open("$(DATA)/train.json").read().splitlines()[-1])["registered_version"])' 2>/dev/null || true)}; \
+	if [ -z "$$v" ]; then echo "error: no version to promote: run make train (it writes $(DATA)/train.json) or give VERSION=n" >&2; exit 2; fi; \
+	echo "$(PY) -m training promote --version $$v"; $(PY) -m training promote --version $$v
 
 mlflow-ui: setup
 	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
