@@ -196,7 +196,8 @@ def test_tune_stores_best_params_that_the_next_train_uses(world, store):
     from training.tune import tune
 
     result = tune(Inputs(world.transactions, world.events, world.customers), AS_OF, 90, 180, experiment="t", trials=2)
-    assert best_tuned_params("t") == result["best_params"]
+    assert best_tuned_params("t", 90, 180) == (result["best_params"], result["run_id"])
+    assert best_tuned_params("t", 30, 180) is None  # tuned for other horizons: the next train uses the defaults
     # the first trial is the untuned defaults, so tuning never ends worse than them on validation
     first = mlflow.search_runs(experiment_names=["t"], filter_string="attributes.run_name = 'trial-0'", output_format="list")
     assert first[0].data.params["num_leaves"] == str(DEFAULT_PARAMS["num_leaves"])

@@ -59,16 +59,21 @@ def git_commit() -> str:
         return "unknown"
 
 
-def best_tuned_params(experiment: str) -> dict | None:
-    """The best LightGBM parameters of the latest finished `tune` run of `experiment`, if any."""
+def best_tuned_params(experiment: str, horizon_days: int | None = None,
+                      value_horizon_days: int | None = None) -> tuple[dict, str] | None:
+    """The best LightGBM parameters of the latest finished `tune` run of `experiment` (for these horizons, when
+    given) and that run's id, if any."""
     import mlflow
 
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{BEST_PARAMS_TAG}` != ''",
+    query = f"tags.`{BEST_PARAMS_TAG}` != ''"
+    if horizon_days is not None:
+        query += f" and params.horizon_days = '{horizon_days}' and params.value_horizon_days = '{value_horizon_days}'"
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=query,
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-    return json.loads(runs[0].data.tags[BEST_PARAMS_TAG]) if runs else None
+    return (json.loads(runs[0].data.tags[BEST_PARAMS_TAG]), runs[0].info.run_id) if runs else None
 
 
 def sample_customers(inputs: Inputs, n: int | None) -> Inputs:
@@ -110,13 +115,16 @@ def train(inputs: Inputs, as_of: pd.Timestamp, horizon_days: int = 90, value_hor
     check_enough_customers(inputs.transactions, as_of)
     configure()
     mlflow.set_experiment(experiment)
-    tuned = best_tuned_params(experiment) if params is None else None
-    params = {**DEFAULT_PARAMS, **(tuned or {}), **(params or {})}
+    tuned = best_tuned_params(experiment, horizon_days, value_horizon_days) if params is None else None
+    source = f"tune run {tuned[1]}" if tuned else "default"
+    print(f"parameters: {source}" + (f" (the latest tune of experiment {experiment!r} for these horizons)"
+                                     if tuned else ""), file=sys.stderr)
+    params = {**DEFAULT_PARAMS, **(tuned[0] if tuned else {}), **(params or {})}
     t0 = time.perf_counter()
     tx, ev, cu = inputs.transactions, inputs.events, inputs.customers
     with mlflow.start_run() as run:
         mlflow.set_tags({"kairos.kind": "train", "git_commit": git_commit(), **fingerprint(inputs, as_of),
-                         "params_source": "tune" if tuned else "default"})
+                         "params_source": source})
         mlflow.log_params({"horizon_days": horizon_days, "value_horizon_days": value_horizon_days,
                            "as_of": str(as_of), "n_nudges": 0 if inputs.nudges is None else len(inputs.nudges),
                            **{f"lgb.{k}": v for k, v in params.items()}, **(inputs.sample or {})})
@@ -154,4 +162,5 @@ def train(inputs: Inputs, as_of: pd.Timestamp, horizon_days: int = 90, value_hor
         mlflow.log_metric("train_seconds", time.perf_counter() - t0)
     return {"run_id": run.info.run_id, "model_uri": f"models:/{MODEL_NAME}/{version}",
             "registered_version": version, "champion_version": champion,
-            "value_form": bt.model.value_form_, "backtest_cutoff": str(bt.cutoff), "metrics": bt.metrics}
+            "value_form": bt.model.value_form_, "backtest_cutoff": str(bt.cutoff), "params_source": source,
+            "metrics": bt.metrics}
