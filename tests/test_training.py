@@ -222,6 +222,21 @@ def test_no_positives_is_a_clear_error():
         KairosModel(FAST).fit(frame)
 
 
+def test_small_data_gets_trees_and_a_constant_model_is_reported(capsys):
+    rng = np.random.default_rng(0)
+    n = 600  # 150 customers x 4 cutoffs: fewer rows per leaf than the default min_child_samples of 200 allows
+    frame = pd.DataFrame({"customer_id": [f"C{i % 150}" for i in range(n)], "n_orders": 1.0 + (np.arange(n) % 3),
+                          "tenure_days": 100.0, "recency_days": rng.uniform(1, 90, n),
+                          "as_of": pd.Timestamp("2024-01-01") + pd.to_timedelta(14 * (np.arange(n) // 150), "D")})
+    frame["y_purchase"] = (rng.random(n) < 0.8 - frame["recency_days"] / 120).astype(int)
+    frame["y_value"] = frame["y_purchase"] * 10.0
+    model = KairosModel({**FAST, "min_child_samples": 200}).fit(frame)
+    assert model.booster().feature_importance().any()  # leaves of at least a tenth of the training rows
+    assert "next-purchase model found no split" not in capsys.readouterr().err
+    KairosModel({**FAST, "min_child_samples": 200}).fit(frame.assign(recency_days=10.0, n_orders=1.0))
+    assert "the next-purchase model found no split in" in capsys.readouterr().err
+
+
 def test_tune_without_positives_is_a_clear_error(store):
     from training.train import Inputs
     from training.tune import tune

@@ -9,6 +9,7 @@ Tweedie regression; `value_form="auto"` keeps the one with the better out-of-tim
 """
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -193,15 +194,23 @@ class KairosModel:
         return est(**self.params, **extra, random_state=self.seed, n_jobs=self.n_jobs, verbose=-1)
 
     def _fit_one(self, est: lgb.LGBMModel, X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
-                 valid: np.ndarray) -> lgb.LGBMModel:
-        return est.fit(X[train], y[train], eval_X=(X[valid],), eval_y=(y[valid],),
-                       callbacks=[lgb.early_stopping(50, verbose=False)])
+                 valid: np.ndarray, what: str) -> lgb.LGBMModel:
+        """Fit with early stopping on `valid`. Leaves need at most a tenth of the training rows (at least 20), so
+        that small data still gets trees; a model without a single split (constant scores) is reported."""
+        n = int(train.sum())
+        est.set_params(min_child_samples=min(est.get_params()["min_child_samples"], max(20, n // 10)))
+        est.fit(X[train], y[train], eval_X=(X[valid],), eval_y=(y[valid],),
+                callbacks=[lgb.early_stopping(50, verbose=False)])
+        if not est.booster_.feature_importance().any():
+            print(f"warning: the {what} model found no split in {n:,} training rows: its scores are constant",
+                  file=sys.stderr)
+        return est
 
     def _classifier(self, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, valid: np.ndarray,
                     what: str) -> CalibratedClassifierCV:
         check_both_classes(y[train], what)
         check_both_classes(y[valid], what)
-        clf = self._fit_one(self._lgb("clf"), X, y, train, valid)
+        clf = self._fit_one(self._lgb("clf"), X, y, train, valid, what)
         return CalibratedClassifierCV(FrozenEstimator(clf), method="sigmoid").fit(X[valid], y[valid])
 
     def _second(self, X: pd.DataFrame, y: np.ndarray, one: np.ndarray, train: np.ndarray,
@@ -223,12 +232,13 @@ class KairosModel:
 
     def _value(self, form: str, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, valid: np.ndarray) -> dict:
         if form == "tweedie":
-            reg = self._fit_one(self._lgb("reg", objective="tweedie", tweedie_variance_power=1.3), X, y, train, valid)
+            reg = self._fit_one(self._lgb("reg", objective="tweedie", tweedie_variance_power=1.3), X, y, train, valid,
+                                "value (Tweedie)")
             parts = {"reg": reg}
         else:
             buy = y > 0
             clf = self._classifier(X, buy.astype(int), train, valid, "value-window purchase")
-            reg = self._fit_one(self._lgb("reg", objective="gamma"), X, y, train & buy, valid & buy)
+            reg = self._fit_one(self._lgb("reg", objective="gamma"), X, y, train & buy, valid & buy, "value (gamma)")
             parts = {"clf": clf, "reg": reg}
         pred = self._value_predict(parts, X[valid])
         parts["scale"] = float(y[valid].sum() / pred.sum()) if pred.sum() > 0 else 1.0
