@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     s.add_argument("--out", required=True)
-    m = sub.add_parser("summary", help="print a short summary of a features or scores Parquet file")
+    m = sub.add_parser("summary", help="print a short summary of a features Parquet file (the output of "
+                       "`features build` or of `serving batch --features-out`; not a scores file)")
     m.add_argument("--features", required=True)
     a = sub.add_parser("adapt", help="map a public data set onto the canonical schema")
     a.add_argument("--source", required=True, choices=["online_retail", "hillstrom", "complete_journey"])
