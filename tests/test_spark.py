@@ -1,6 +1,8 @@
 """The Spark engine gives the pandas engine's output, row for row (floats within 1e-9), on a local Spark session."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,6 +11,8 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("pyspark")
+if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    pytest.skip("the Spark engine needs Java 17 (no java on PATH, no JAVA_HOME)", allow_module_level=True)
 
 from conftest import register_small_champion
 
