@@ -109,6 +109,16 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _latest_partition(path: Path) -> Path:
+    """`path`, or for the directory of a `batch --partition-by-date` the newest `as_of=YYYY-MM-DD/scores.parquet`."""
+    if not path.is_dir():
+        return path
+    parts = sorted(path.glob("as_of=*/scores.parquet"))
+    if not parts:
+        raise InputError(f"--scores {path}: a directory without as_of=YYYY-MM-DD/scores.parquet partitions")
+    return parts[-1]
+
+
 def _top(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -116,7 +126,7 @@ def _top(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise InputError(f"--n {args.n}: must be at least 1")
-    scores = read_table(args.scores)
+    scores = read_table(_latest_partition(Path(args.scores)))
     cols = ["customer_id", "lifecycle_stage", "p_purchase", "expected_value", "channel", "message", "priority"]
     missing = [c for c in ["as_of", "action", *cols] if c not in scores.columns]
     if missing:

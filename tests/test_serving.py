@@ -385,6 +385,13 @@ def test_top_sorts_a_csv_scores_file_by_number_and_checks_its_input(tmp_path, ca
     pd.DataFrame(rows).assign(priority="high").to_csv(good, index=False)
     with pytest.raises(InputError, match="column priority is not numeric"):
         main(["top", "--scores", str(good)])
+    for day, top in (("2025-12-30", "small"), ("2025-12-31", "mid")):  # a --partition-by-date directory: the newest
+        (tmp_path / "daily" / f"as_of={day}").mkdir(parents=True)
+        pd.DataFrame([r for r in rows if r["customer_id"] == top]).to_parquet(
+            tmp_path / "daily" / f"as_of={day}" / "scores.parquet")
+    capsys.readouterr()
+    assert main(["top", "--scores", str(tmp_path / "daily")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[0] == "mid"
 
 
 def test_batch_pushes_the_top_aha_action_and_emits_the_moments_that_matter(world, tmp_path):
