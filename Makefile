@@ -80,13 +80,16 @@ batch-score: setup
 		--features-out $(DATA)/features.parquet $(AHA_OPT)
 
 # the demo: simulate, train and register, promote, Aha moments, score everyone, show whom to nudge
+# the demo's own inputs and outputs, whatever DATA/TX/EV/CU/SCORES the command line gives
+DEMO_VARS = DATA=$(DEMO) TX=$(DEMO)/transactions.parquet EV=$(DEMO)/events.parquet CU=$(DEMO)/customers.parquet \
+	SCORES=$(DEMO)/scores.parquet AHA_RULES=$(DEMO)/aha/aha_rules.csv
 demo: simulate
-	$(MAKE) --no-print-directory train DATA=$(DEMO)
-	$(MAKE) --no-print-directory promote DATA=$(DEMO)
-	$(MAKE) --no-print-directory aha DATA=$(DEMO)
-	$(MAKE) --no-print-directory batch-score DATA=$(DEMO)
+	$(MAKE) --no-print-directory train $(DEMO_VARS)
+	$(MAKE) --no-print-directory promote $(DEMO_VARS)
+	$(MAKE) --no-print-directory aha $(DEMO_VARS)
+	$(MAKE) --no-print-directory batch-score $(DEMO_VARS)
 	$(PY) -m features summary --features $(DEMO)/features.parquet
-	$(PY) -m serving top --scores $(SCORES) --n 10
+	$(PY) -m serving top --scores $(DEMO)/scores.parquet --n 10
 
 bench: setup
 	$(PY) bench/bench_features.py --customers 100000 1000000
