@@ -93,8 +93,8 @@ class PolicyConfig:
         return self.fallback_delay_days if self.new_customer_delay_days is None else self.new_customer_delay_days
 
 
-SCORE_FEATURES = ("p_purchase", "p_second_purchase", "expected_value", "uplift")
-"""Model score columns a message's `when.feature` may read besides the features."""
+SCORE_FEATURES = ("p_purchase", "p_second_purchase", "expected_value", "uplift", "value_per_purchase")
+"""Model score columns the policy reads (and a message's `when.feature` may name) besides the features."""
 _KEYS = {"": {"channels", "messages", "timing", "contacts", "aha", "triggers", "min_expected_value", "budget"},
          "message": {"moment", "stages", "aha", "uplift", "when"}, "when": {"feature", "below", "at_least"},
          "timing": {"new_customer_delay_days", "auto_quantile", "fallback_delay_days"},
@@ -284,12 +284,15 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
             if m.at_least is not None:
                 ok &= f >= m.at_least
         eligible[m.name] = ok
-    base = ev * decay
-    learned = np.asarray(cols["uplift"], dtype=float) if "uplift" in cols else np.full(n, np.nan)
-    has_learned = np.isfinite(learned)
+    # a learned uplift (more P(purchase) within the response window) is worth uplift x value per purchase; a prior
+    # (a relative effect on the customer's expected value) is worth prior x expected value
+    learned, per_purchase = (np.asarray(cols[c], dtype=float) if c in cols else np.full(n, np.nan)
+                             for c in ("uplift", "value_per_purchase"))
+    has_learned = np.isfinite(learned) & np.isfinite(per_purchase)
+    worth = np.where(has_learned, per_purchase, ev)
     for j, (m, ch, up) in enumerate(pairs):
         ok = eligible[m.name]
-        value[:, j] = np.where(ok, np.where(has_learned, learned, up) * base - config.channels[ch], -np.inf)
+        value[:, j] = np.where(ok, np.where(has_learned, learned, up) * worth * decay - config.channels[ch], -np.inf)
     best = value.argmax(axis=1) if pairs else np.zeros(n, int)
     priority = value[np.arange(n), best] if pairs else np.full(n, -np.inf)
     has = np.isfinite(priority)
@@ -324,8 +327,8 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
     ups = np.where(has_learned, learned, np.array([up for _, _, up in pairs] or [0.0])[best])
     aha_rows, aha_rule = _aha_choice(cols, config, np.array([m.aha for m, _, _ in pairs] or [False])[best] & has)
     msg[aha_rows] = [f"aha_{config.aha_rules[k].action}" for k in aha_rule[aha_rows]]
-    per_row = (hold, stage, msg, chan, ups, ev, decay, priority, days_first, last, as_of_ns,
-               contacts["contacts_in_window"], contacts["unanswered"], np.where(has_learned, LEARNED_NOTE, PRIOR_NOTE))
+    per_row = (hold, stage, msg, chan, ups, ev, worth, decay, priority, days_first, last, as_of_ns,
+               contacts["contacts_in_window"], contacts["unanswered"], has_learned)
     # Python scalars (tolist) format about twice as fast as numpy scalars, to the same text
     reasons = [_reason(*row, config) for row in zip(*(np.asarray(a).tolist() for a in per_row))]
     for i in aha_rows:
@@ -362,8 +365,8 @@ def _aha_choice(cols: dict[str, np.ndarray], config: PolicyConfig, aha_message: 
     return np.flatnonzero(aha_message & unmet.any(axis=1)), unmet.argmax(axis=1)
 
 
-def _reason(code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of_ns, in_window, unanswered, note,
-            config: PolicyConfig) -> str:
+def _reason(code, stage, msg, chan, up, ev, worth, decay, prio, days_first, last, as_of_ns, in_window, unanswered,
+            learned, config: PolicyConfig) -> str:
     if code == "no_message":
         return f"hold: no message in the catalogue fits stage {stage}"
     if code == "too_early":
@@ -376,7 +379,8 @@ def _reason(code, stage, msg, chan, up, ev, decay, prio, days_first, last, as_of
         return f"hold: last nudge on {_fmt_day(last)}, within the {config.cooldown_days:g}-day cooldown"
     if code == "cap":
         return f"hold: {in_window} nudges in {config.cap_window_days:g} days (cap {config.max_contacts})"
-    calc = (f"{msg} by {chan}: priority {prio:.2f} = uplift {up:.3f} ({note}) x expected value {ev:.2f}"
+    times = f"value per purchase {worth:.2f}" if learned else f"expected value {ev:.2f}"
+    calc = (f"{msg} by {chan}: priority {prio:.2f} = uplift {up:.3f} ({LEARNED_NOTE if learned else PRIOR_NOTE}) x {times}"
             + (f" x {decay:.2g} for {unanswered} unanswered nudge(s), re-scored since" if unanswered else "")
             + f" - cost {config.channels[chan]:g}")
     if code == "not_worth_it":
@@ -401,7 +405,7 @@ def decide(scores: pd.DataFrame, config: PolicyConfig, contact_history: pd.DataF
     """
     as_of = scores["as_of"].to_numpy().astype("datetime64[ns]")
     now_ns = int(pd.Timestamp(now).value) if now is not None else int(as_of.astype(np.int64).max(initial=0))
-    cols = {c: scores[c].to_numpy() for c in [*required_columns(config), "uplift"] if c in scores.columns}
+    cols = {c: scores[c].to_numpy() for c in [*required_columns(config), *SCORE_FEATURES] if c in scores.columns}
     contacts = None
     if contact_history is not None and len(contact_history):
         pos = pd.Index(scores["customer_id"].astype(str)).get_indexer(contact_history["customer_id"].astype(str))

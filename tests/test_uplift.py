@@ -219,11 +219,14 @@ def test_policy_uses_learned_uplift_when_the_scores_carry_it_and_the_prior_other
                           new_customer_delay_days=10.0, min_expected_value=5.0)
     rows = pd.DataFrame({"customer_id": ["a", "b", "c"], "as_of": pd.Timestamp("2025-06-30"), "n_orders": 1,
                          "lifecycle_stage": "new", "expected_value": 50.0, "tenure_days": 20.0, "recency_days": 20.0,
-                         "uplift": [0.2, 0.001, np.nan]})
+                         "uplift": [0.2, 0.001, np.nan], "value_per_purchase": 20.0})
     out = decide(rows, config)
-    assert out["priority"].tolist() == pytest.approx([0.2 * 50 - 0.1, 0.001 * 50 - 0.1, 0.04 * 50 - 0.1])
-    assert out["action"].tolist() == ["nudge", "hold", "nudge"]  # b: 0.05 < cost 0.1
-    assert LEARNED_NOTE in out.loc[0, "reasons"] and PRIOR_NOTE in out.loc[2, "reasons"]
+    # a learned uplift (more P(purchase) in the response window) is worth uplift x value per purchase (20), not
+    # x the customer's expected value (50, the next 365 days' revenue); a prior is a relative effect on the latter
+    assert out["priority"].tolist() == pytest.approx([0.2 * 20 - 0.1, 0.001 * 20 - 0.1, 0.04 * 50 - 0.1])
+    assert out["action"].tolist() == ["nudge", "hold", "nudge"]  # b: 0.02 < cost 0.1
+    assert LEARNED_NOTE in out.loc[0, "reasons"] and "x value per purchase 20.00" in out.loc[0, "reasons"]
+    assert PRIOR_NOTE in out.loc[2, "reasons"] and "x expected value 50.00" in out.loc[2, "reasons"]
     assert LEARNED_NOTE not in decide(rows.drop(columns="uplift"), config).loc[0, "reasons"]
 
 
@@ -234,14 +237,27 @@ def test_kairos_model_adds_the_uplift_column_when_an_uplift_model_is_attached(wo
     frame, *_ = world_frame
     _, _, learner, _ = world_fit
     model = KairosModel()
-    model.uplift_ = UpliftModel(learner, feature_spec(frame), 14)
+    model.uplift_ = UpliftModel(learner, feature_spec(frame), 14, value_per_purchase=42.0)
     # only the uplift part is exercised: predict's other models are replaced by constants
     model.array = lambda f: f
     model._scores = lambda X, one: (np.full(len(X), 0.5), np.full(len(X), np.nan), np.ones(len(X)))
     rows = frame.head(7).assign(n_orders=2.0)
     scores = model.predict(rows)
-    assert scores.columns.tolist() == ["p_purchase", "p_second_purchase", "expected_value", "uplift"]
+    assert scores.columns.tolist() == ["p_purchase", "p_second_purchase", "expected_value", "uplift",
+                                       "value_per_purchase"]
     np.testing.assert_allclose(scores["uplift"], model.uplift_.predict(rows))
+    assert (scores["value_per_purchase"] == 42.0).all()
+
+
+def test_the_fitted_uplift_model_knows_what_one_purchase_is_worth(world_frame):
+    from training.uplift import value_per_purchase
+    from training.uplift_run import fit_uplift
+
+    frame, *_ = world_frame
+    model = fit_uplift(frame.head(4000), 14, "t_learner")
+    bought = frame.head(4000)["y_purchase"] > 0
+    assert model.value_per_purchase == pytest.approx(frame.head(4000).loc[bought, "y_value"].mean())
+    assert value_per_purchase(np.array([0, 1, 1.0]), np.array([0, 10, 30.0])) == 20.0
 
 
 def test_train_keeps_the_prior_without_randomised_nudges_whose_window_has_ended():

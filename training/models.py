@@ -285,6 +285,8 @@ class KairosModel:
                               index=features.index)
         if getattr(self, "uplift_", None) is not None:  # learned from randomised nudges (training.uplift)
             scores["uplift"] = self.uplift_.predict(features)
+            if self.uplift_.value_per_purchase is not None:  # the policy prices uplift x value per purchase
+                scores["value_per_purchase"] = self.uplift_.value_per_purchase
         return scores
 
     def _scores(self, data: np.ndarray, one: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

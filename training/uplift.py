@@ -38,6 +38,7 @@ __all__ = [
     "nudge_frame",
     "select_learner",
     "stratified_split",
+    "value_per_purchase",
 ]
 
 # Small, strongly regularised trees: the effect is a small difference of two noisy rates.
@@ -154,10 +155,20 @@ class UpliftModel:
     spec: FeatureSpec
     response_days: int
     outcome: str = "y_purchase"
+    value_per_purchase: float | None = None
+    """What one purchase within the response window is worth (`value_per_purchase` of the training nudges): the
+    policy prices a nudge at uplift x this value, as the uplift evaluation's policies do."""
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
         """Predicted increase of P(purchase within the response window) if nudged now."""
         return self.learner.predict(self.spec.matrix(features))
+
+
+def value_per_purchase(y: np.ndarray, y_value: np.ndarray) -> float:
+    """The mean outcome value of the nudges that led to a purchase (y > 0 for a 0/1 outcome, else y_value > 0):
+    what one induced purchase is worth, in the units of y_value (margin where margins are complete)."""
+    buyers = (y > 0) if set(np.unique(y)) <= {0.0, 1.0} else (y_value > 0)
+    return float(y_value[buyers].mean()) if buyers.any() else 0.0
 
 
 def check_nudges(nudges: pd.DataFrame) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from training.models import FeatureSpec
-from training.uplift import LEARNERS, TLearner, select_learner, stratified_split
+from training.uplift import LEARNERS, TLearner, select_learner, stratified_split, value_per_purchase
 from training.uplift_metrics import (
     holdout_size,
     normalized_auuc,
@@ -118,8 +118,7 @@ def evaluate(frame: pd.DataFrame, spec: FeatureSpec, outcome: str = "y_purchase"
     e = float(t[train].mean())
     value_model = TLearner(params, seed).fit(X[train], t[train], yv[train])  # outcome models for the DR estimate
     mu0_v, mu1_v = value_model.outcomes(X[test])
-    buyers = (y[train] > 0) if set(np.unique(y)) <= {0.0, 1.0} else (yv[train] > 0)
-    vpp = float(yv[train][buyers].mean()) if buyers.any() else 0.0
+    vpp = value_per_purchase(y[train], yv[train])
     cost = _cost(frame, channel_costs)[test]
     uplift = preds[chosen] if set(np.unique(y)) <= {0.0, 1.0} else preds[chosen] / max(vpp, 1e-9)
     rules = policies(uplift, e * mu1_p + (1 - e) * mu0_p, vpp, cost, seed)

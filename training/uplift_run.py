@@ -12,7 +12,15 @@ import pandas as pd
 from features.errors import InputError
 from features.io import write_csv
 from features.pipeline import build_features
-from training.uplift import LEARNERS, UpliftModel, check_nudges, feature_spec, nudge_frame, select_learner
+from training.uplift import (
+    LEARNERS,
+    UpliftModel,
+    check_nudges,
+    feature_spec,
+    nudge_frame,
+    select_learner,
+    value_per_purchase,
+)
 from training.uplift_eval import UpliftEvaluation, evaluate
 
 __all__ = ["MIN_PER_ARM", "fit_uplift", "observed_nudges", "run_uplift", "score_customers", "uplift_for_training"]
@@ -46,7 +54,8 @@ def fit_uplift(frame: pd.DataFrame, response_days: int, learner: str | None = No
     X, t, y = spec.matrix(frame), frame["treated"].to_numpy(dtype=bool), frame["y_purchase"].to_numpy(dtype=float)
     if learner is None:
         learner = select_learner(X, t, y, seed=seed)[0]
-    return UpliftModel(LEARNERS[learner](seed=seed).fit(X, t, y), spec, response_days)
+    return UpliftModel(LEARNERS[learner](seed=seed).fit(X, t, y), spec, response_days,
+                       value_per_purchase=value_per_purchase(y, frame["y_value"].to_numpy(dtype=float)))
 
 
 def score_customers(model: UpliftModel, customers: pd.DataFrame, transactions: pd.DataFrame,
