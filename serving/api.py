@@ -179,7 +179,7 @@ class Scorer:
             from serving.scoring import driver_reasons
 
             drivers = driver_reasons(self.model, feats)
-        return self._rows(cols, drivers, now)
+        return self._rows(cols, drivers, min(as_of, now).floor("us"))  # decided as of the as-of, as the batch is
 
     def _raw(self, items: dict[int, CustomerIn], now: pd.Timestamp, with_reasons: bool) -> dict[int, dict]:
         """Results of the raw-history items (by position), scored in groups of distinct customers with the same

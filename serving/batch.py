@@ -79,13 +79,15 @@ def run_batch(opt: BatchOptions) -> dict:
     model, version = load_model(opt.model_uri)
     config = resolve_timing(config, feats)
     since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)
-    sent_at = as_of.floor("us")  # the contact time of this run's nudges; a re-run ignores (and replaces) them
+    # the contact time of this run's nudges, and the decision time (so that a nudge exactly `cooldown_days` before
+    # is within the cooldown, as the stored, microsecond contact times compare); a re-run ignores (and replaces) them
+    sent_at = as_of.floor("us")
     history = log.history(feats["customer_id"].tolist(), since)
     history = history.loc[history["timestamp"] < sent_at]
     _say(f"scoring {len(feats):,} customers with model version {version} "
          f"({len(history):,} past contacts; new customers eligible from day {config.delay_days:g})")
     t1 = time.perf_counter()
-    scores = score_features(model, feats, config, history, now=as_of, model_version=version,
+    scores = score_features(model, feats, config, history, now=sent_at, model_version=version,
                             with_reasons={"all": True, "nudged": "nudged", "none": False}[opt.reasons])
     score_s = time.perf_counter() - t1
     counts = scores.groupby(["action", "channel"], dropna=False).size()

@@ -325,7 +325,8 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
     msg = np.array([m.name for m, _, _ in pairs] or [""], dtype=object)[best]
     chan = np.array([ch for _, ch, _ in pairs] or [""], dtype=object)[best]
     ups = np.where(has_learned, learned, np.array([up for _, _, up in pairs] or [0.0])[best])
-    aha_rows, aha_rule = _aha_choice(cols, config, np.array([m.aha for m, _, _ in pairs] or [False])[best] & has)
+    aha_rows, aha_rule = _aha_choice(cols, config, np.array([m.aha for m, _, _ in pairs] or [False])[best] & has,
+                                     days_first)
     msg[aha_rows] = [f"aha_{config.aha_rules[k].action}" for k in aha_rule[aha_rows]]
     per_row = (hold, stage, msg, chan, ups, ev, worth, decay, priority, days_first, last, as_of_ns,
                contacts["contacts_in_window"], contacts["unanswered"], has_learned)
@@ -354,14 +355,16 @@ def _feature_values(cols: dict[str, np.ndarray], m: Message, n: int) -> np.ndarr
             from None
 
 
-def _aha_choice(cols: dict[str, np.ndarray], config: PolicyConfig, aha_message: np.ndarray
+def _aha_choice(cols: dict[str, np.ndarray], config: PolicyConfig, aha_message: np.ndarray, days_first: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose chosen message pushes an Aha action, and per row the first rule not reached yet (best first)."""
+    """Rows whose chosen message pushes an Aha action, and per row the first rule (best first) not reached yet and
+    still reachable: its window after the first purchase has not closed (`days_first` <= its within_days)."""
     n = len(aha_message)
     if not config.aha_rules or not aha_message.any():
         return np.zeros(0, np.int64), np.zeros(n, np.int64)
-    unmet = np.column_stack([np.asarray(cols[r.column], dtype=float) < r.min_count if r.column in cols
-                             else np.zeros(n, bool) for r in config.aha_rules])  # NaN (unknown): not counted
+    unmet = np.column_stack([(np.asarray(cols[r.column], dtype=float) < r.min_count) & (days_first <= r.within_days)
+                             if r.column in cols else np.zeros(n, bool)
+                             for r in config.aha_rules])  # NaN (unknown): not counted
     return np.flatnonzero(aha_message & unmet.any(axis=1)), unmet.argmax(axis=1)
 
 

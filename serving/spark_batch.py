@@ -27,8 +27,9 @@ def _say(msg: str) -> None:
     print(f"[batch/spark] {msg}", file=sys.stderr, flush=True)
 
 
-def score_udf(model_bc, version: str, config, history: pd.DataFrame, as_of: pd.Timestamp, with_reasons):
-    """The function applied to each batch of feature rows: model scores, then the policy."""
+def score_udf(model_bc, version: str, config, history: pd.DataFrame, now: pd.Timestamp, with_reasons):
+    """The function applied to each batch of feature rows: model scores, then the policy decided at `now` (the
+    batch's contact time)."""
     from features.spark_engine import from_spark, to_spark
     from serving.scoring import score_features
 
@@ -39,7 +40,7 @@ def score_udf(model_bc, version: str, config, history: pd.DataFrame, as_of: pd.T
                 continue
             feats = from_spark(pdf, sort_by=None)
             hist = history.loc[history["customer_id"].isin(feats["customer_id"])] if len(history) else history
-            out = score_features(model, feats, config, hist, now=as_of, model_version=version,
+            out = score_features(model, feats, config, hist, now=now, model_version=version,
                                  with_reasons=with_reasons)
             yield to_spark(out)
 
@@ -112,7 +113,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         _say(f"scoring {n:,} customers with model version {version} ({len(history):,} past contacts)")
         t1 = time.perf_counter()
         with_reasons = {"all": True, "nudged": "nudged", "none": False}[opt.reasons]
-        scores = feats.mapInPandas(score_udf(model_bc, version, config, history, as_of, with_reasons),
+        scores = feats.mapInPandas(score_udf(model_bc, version, config, history, sent_at, with_reasons),
                                    schema=_scores_schema())
         scores = scores.persist(StorageLevel.MEMORY_AND_DISK)
         nudges = scores.where("action = 'nudge'").select("customer_id", "action", "channel", "message", "priority",

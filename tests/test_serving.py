@@ -179,6 +179,15 @@ def test_raw_items_scored_together_equal_each_scored_alone(world, scorer, monkey
             assert a[k] == (pytest.approx(b[k], rel=1e-12) if isinstance(b[k], float) else b[k]), (i, k)
 
 
+def test_a_raw_item_with_an_as_of_is_decided_as_of_then_not_at_the_wall_clock(scorer):
+    from serving.api import CustomerIn
+
+    item = CustomerIn(customer_id="NEW-2", as_of="2025-12-31",
+                      transactions=[{"timestamp": "2025-12-31T10:00:00", "amount": 40.0}])
+    (res,) = scorer.score([item], with_reasons=False, now=pd.Timestamp("2026-11-23 12:00"))
+    assert res["action"] == "hold" and res["reasons"].startswith("hold: first purchase 1 days ago")  # as the batch
+
+
 def test_raw_history_of_a_new_customer_is_scored_on_the_fly(client):
     hist = [{"timestamp": "2025-06-01T10:00:00", "amount": 42.0}]
     r = client.post("/score", json={"customers": [{"customer_id": "NEW-1", "transactions": hist}]})
@@ -396,15 +405,17 @@ def test_top_sorts_a_csv_scores_file_by_number_and_checks_its_input(tmp_path, ca
 
 def test_batch_pushes_the_top_aha_action_and_emits_the_moments_that_matter(world, tmp_path):
     rules = tmp_path / "aha_rules.csv"
-    pd.DataFrame({"action": ["app_session"], "min_count": [3], "within_days": [7], "lift": [1.7]}).to_csv(rules)
+    pd.DataFrame({"action": ["app_session"], "min_count": [3], "within_days": [30], "lift": [1.7]}).to_csv(rules)
     batch(world, tmp_path / "s.parquet", aha_rules=str(rules), record=False, features_out=str(tmp_path / "f.parquet"))
     df = pd.read_parquet(tmp_path / "s.parquet").set_index("customer_id")
     feats = pd.read_parquet(tmp_path / "f.parquet").set_index("customer_id").loc[df.index]
     new = df.loc[(df["action"] == "nudge") & (df["lifecycle_stage"] == "new")]
-    below = feats.loc[new.index, "aha_app_session_first_7d"] < 3
-    assert below.any() and (new.loc[below, "message"] == "aha_app_session").all()
-    assert (new.loc[~below, "message"] == "second_purchase_nudge").all()
-    assert new.loc[below, "reasons"].str.contains("top Aha action not reached yet").all()
+    # the Aha action is pushed while it can still be reached: below the count and within its 30 days
+    reachable = (feats.loc[new.index, "aha_app_session_first_30d"] < 3) & (feats.loc[new.index, "tenure_days"] <= 30)
+    assert reachable.any() and (~reachable).any()
+    assert (new.loc[reachable, "message"] == "aha_app_session").all()
+    assert (new.loc[~reachable, "message"] == "second_purchase_nudge").all()
+    assert new.loc[reachable, "reasons"].str.contains("top Aha action not reached yet").all()
     fired = df["triggers"].dropna().str.split(",").explode()
     assert {"repeat_purchase", "first_communication"} <= set(fired)
     assert df.loc[feats["recency_days"] <= 1, "triggers"].str.contains("purchase").all()
