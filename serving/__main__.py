@@ -84,11 +84,11 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.scoring import resolve_model_uri
     from training.registry import configure, tracking_uri
 
+    config = load_policy(args.policy, args.aha_rules)
     if args.features:
         from serving.snapshot import check_snapshot
 
-        check_snapshot(args.features)
-    load_policy(args.policy, args.aha_rules)
+        check_snapshot(args.features, config)
     _check_port_free(args.host, args.port)
     configure()
     uri, version = resolve_model_uri(args.model_uri)

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Annotated
 
 import bentoml
@@ -81,9 +82,13 @@ class Kairos:
         model_uri = os.environ.get("KAIROS_MODEL_URI", "models:/kairos@champion")
         model, version = load_model(model_uri, compiled=False)  # compiled in the background once ready
         config = load_policy(os.environ.get("KAIROS_POLICY"), os.environ.get("KAIROS_AHA_RULES"))
+        if config.budget is not None:  # a budget is spent over one batch run; per request it would depend on grouping
+            log.info("the policy's budget (%g) applies to batch runs; the service decides each customer without it",
+                     config.budget)
+            config = replace(config, budget=None)
         snapshot = None
         if os.environ.get("KAIROS_FEATURES"):
-            snapshot = Snapshot.load(os.environ["KAIROS_FEATURES"], model, required_columns(config))
+            snapshot = Snapshot.load(os.environ["KAIROS_FEATURES"], model, required_columns(config), config)
         config = resolve_timing(config, snapshot.features if snapshot is not None else None)
         missing = [r.column for r in config.aha_rules if snapshot is not None and r.column not in snapshot.cols]
         if missing:

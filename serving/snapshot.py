@@ -12,15 +12,17 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
-from serving.policy import SCORE_FEATURES
+from serving.policy import SCORE_FEATURES, PolicyConfig
 
 __all__ = ["FEATURE_MARKERS", "Snapshot", "check_snapshot"]
 
 FEATURE_MARKERS = ("customer_id", "as_of", "n_orders", "lifecycle_stage", "recency_days", "tenure_days")
 
 
-def check_snapshot(path: str | Path) -> list[str]:
-    """The columns of a features Parquet file; InputError when it is missing, unreadable or not features."""
+def check_snapshot(path: str | Path, config: PolicyConfig | None = None) -> list[str]:
+    """The columns of a features Parquet file; InputError when it is missing, unreadable or not features, or when
+    a message of the policy `config` reads a text column in `when` (every look-up would fail)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     p = Path(path)
@@ -34,6 +36,12 @@ def check_snapshot(path: str | Path) -> list[str]:
     if missing:
         hint = " (a scores file? pass `features build` output or `serving batch --features-out`)" if "p_purchase" in cols else ""
         raise InputError(f"--features {p}: missing feature column(s) {', '.join(missing)}{hint}")
+    schema = pq.read_schema(p)
+    for m in (config.messages.values() if config is not None else ()):
+        kind = schema.field(m.feature).type if m.feature in cols else None
+        if kind is not None and not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+            raise InputError(f"--features {p}: policy messages.{m.name}.when.feature {m.feature} is {kind} in the "
+                             f"snapshot; `when` compares numbers")
     return cols
 
 
@@ -55,9 +63,9 @@ class Snapshot:
         self._drivers: dict[int, str] = {}
 
     @classmethod
-    def load(cls, path: str | Path, model, columns: list[str]) -> Snapshot:
-        """Read a features Parquet file and score it."""
-        check_snapshot(path)
+    def load(cls, path: str | Path, model, columns: list[str], config: PolicyConfig | None = None) -> Snapshot:
+        """Read a features Parquet file (checked against the policy `config`) and score it."""
+        check_snapshot(path, config)
         return cls(pd.read_parquet(path), model, columns)
 
     def __len__(self) -> int:

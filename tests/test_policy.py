@@ -200,6 +200,20 @@ def test_a_text_attribute_in_when_is_an_input_error_naming_the_message():
         decide(scores({"attr_region": "north"}), cfg)
 
 
+def test_serve_refuses_a_snapshot_whose_when_column_is_text(tmp_path):
+    from serving.snapshot import check_snapshot
+
+    snap = tmp_path / "f.parquet"
+    pd.DataFrame({"customer_id": ["a"], "as_of": [AS_OF], "n_orders": [1.0], "recency_days": [3.0],
+                  "lifecycle_stage": ["new"], "tenure_days": [3.0], "expected_value": [10.0],
+                  "attr_region": ["north"]}).to_parquet(snap)
+    cfg = config(messages={"x": Message("x", "x", ("new",), {"email": 0.1}, feature="attr_region", below=1)})
+    with pytest.raises(InputError, match=r"f.parquet: policy messages.x.when.feature attr_region is \w*string in the"):
+        check_snapshot(snap, cfg)
+    check_snapshot(snap, config(messages={"x": Message("x", "x", ("new",), {"email": 0.1}, feature="n_orders",
+                                                       below=1)}))  # a number: fine
+
+
 def test_contact_log_keeps_contacts_and_a_rerun_replaces_its_own(tmp_path):
     log = ContactLog(f"sqlite:///{tmp_path}/c.db")
     dec = pd.DataFrame({"customer_id": ["a", "b"], "action": ["nudge", "hold"], "channel": ["email", None],
