@@ -68,7 +68,7 @@ def store(tmp_path_factory):
         retail[name] = write_parquet(df, d / "retail" / f"{name}.parquet")
     _, version, _ = register_small_champion(w, as_of, "test-spark", n_estimators=30)
     world["aha_rules"] = d / "aha_rules.csv"  # the world's runs also carry Aha-rule counts and messages
-    pd.DataFrame({"action": ["app_session", "purchase_categories"], "min_count": [3, 2], "within_days": [7, 3],
+    pd.DataFrame({"action": ["app_session", "purchase_categories"], "min_count": [3, 2], "within_days": [30, 3],
                   "lift": [1.7, 1.2]}).to_csv(world["aha_rules"], index=False)
     yield SimpleNamespace(dir=d, world=world, retail=retail, version=version)
     mp.undo()
