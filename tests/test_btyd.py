@@ -149,6 +149,45 @@ def test_pareto_nbd_predictions_match_numeric_integration(params, t, x, tx, T):
     assert pn.prob_alive(x, tx, T) == pytest.approx(alive, rel=1e-6)
 
 
+def bgnbd_purchase_reference(params: dict, t: float, x: int, tx: float, T: float) -> float:
+    """P(a purchase in (T, T+t]) by integration: an active customer (who drops out only after a purchase) buys
+    with probability 1 - exp(-lam t)."""
+    r, alpha, a, b = params["r"], params["alpha"], params["a"], params["b"]
+    lam, wl = _gamma_nodes(r + x, alpha + tx)
+    p, wp = _beta_nodes(a, b)
+    lam, p = lam[:, None], p[None, :]
+    w = wl[:, None] * wp[None, :]
+    alive = (1 - p) ** x * np.exp(-lam * (T - tx))
+    dead = p * (1 - p) ** (x - 1) if x > 0 else 0 * p
+    return np.sum(w * alive * -np.expm1(-lam * t)) / np.sum(w * (alive + dead))
+
+
+def pareto_purchase_reference(params: dict, t: float, x: int, tx: float, T: float) -> float:
+    """The same for Pareto/NBD: an active customer buys before the exponential lifetime ends with probability
+    lam/(lam+mu) (1 - exp(-(lam+mu) t))."""
+    r, alpha, s, beta = params["r"], params["alpha"], params["s"], params["beta"]
+    lam, wl = _gamma_nodes(r + x, alpha + tx)
+    mu, wm = _gamma_nodes(s, beta + tx)
+    lam, mu = lam[:, None], mu[None, :]
+    w = wl[:, None] * wm[None, :]
+    d = T - tx
+    alive = np.exp(-(lam + mu) * d)
+    dead = mu * -np.expm1(-(lam + mu) * d) / (lam + mu)
+    buy = lam / (lam + mu) * -np.expm1(-(lam + mu) * t)
+    return np.sum(w * alive * buy) / np.sum(w * (alive + dead))
+
+
+@pytest.mark.parametrize("t, x, tx, T", CUSTOMERS)
+def test_purchase_probabilities_match_numeric_integration_and_are_below_the_poisson_shortcut(t, x, tx, T):
+    bg, pn = BetaGeoFitter(), ParetoNBDFitter()
+    bg.params_ = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+    pn.params_ = {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669}
+    for model, reference in ((bg, bgnbd_purchase_reference), (pn, pareto_purchase_reference)):
+        got = model.prob_purchase(t, x, tx, T)
+        assert got == pytest.approx(reference(model.params_, t, x, tx, T), rel=1e-4)
+        assert got <= 1 - np.exp(-model.expected_purchases(t, x, tx, T)) + 1e-12  # the shortcut overstates it
+
+
 def test_bgnbd_customer_without_repeat_purchase_is_alive():
     bg = BetaGeoFitter()
     bg.params_ = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}

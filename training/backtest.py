@@ -41,20 +41,21 @@ def backtest_cutoff(as_of: pd.Timestamp, horizon_days: int, value_horizon_days: 
     return pd.Timestamp(as_of) - pd.Timedelta(days=max(horizon_days, value_horizon_days))
 
 
-def _rfm_heuristic(features: pd.DataFrame, value_horizon_days: int) -> tuple[np.ndarray, np.ndarray]:
-    """Plain RFM: the sum of recency, frequency and monetary quintile scores, and last year's spend rate."""
+def _rfm_heuristic(features: pd.DataFrame, last_year_value: np.ndarray,
+                   value_horizon_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain RFM: the sum of recency, frequency and monetary quintile scores, and last year's value rate (in the
+    units of the label: margin where margins are complete)."""
     def quintile(s: pd.Series) -> np.ndarray:
         return np.ceil(s.rank(method="first", pct=True).to_numpy() * 5)
 
     score = quintile(-features["recency_days"]) + quintile(features["n_orders"]) + quintile(features["net_spend_total"])
-    value = features["spend_365d"].clip(lower=0).to_numpy() * value_horizon_days / 365
-    return (score - 3) / 12, value
+    return (score - 3) / 12, np.clip(last_year_value, 0, None) * value_horizon_days / 365
 
 
 def baseline_scores(transactions: pd.DataFrame, features: pd.DataFrame, cutoff: pd.Timestamp,
                     horizon_days: int, value_horizon_days: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per baseline, (probability of a purchase in the horizon, expected value in the value horizon) for the
-    rows of `features`. BTYD probabilities are 1 - exp(-E[purchases]), a Poisson approximation."""
+    rows of `features`. BTYD probabilities are the models' exact P(at least one purchase in the horizon)."""
     vcol = value_column(transactions)
     summary = rfm_summary(transactions.assign(amount=transactions[vcol]), cutoff)
     summary = summary.reindex(features["customer_id"].to_numpy())
@@ -65,6 +66,8 @@ def baseline_scores(transactions: pd.DataFrame, features: pd.DataFrame, cutoff: 
     repeat = (fit["frequency"] > 0) & (fit["monetary_value"] > 0)
     try:
         gg = GammaGammaFitter(penalizer_coef=0.001).fit(fit["frequency"][repeat], fit["monetary_value"][repeat])
+        if gg.params_["q"] <= 1:  # the population mean spend p v / (q - 1) does not exist
+            raise ValueError(f"q = {gg.params_['q']:.3g} <= 1, heavy-tailed spend")
         spend = np.asarray(gg.conditional_expected_average_profit(f, np.where(f > 0, m, 0)), dtype=float)
     except Exception as exc:  # noqa: BLE001 - a baseline that cannot be fitted is reported, not fatal
         print(f"note: Gamma-Gamma did not fit ({exc}); BTYD value uses the mean order value", file=sys.stderr)
@@ -72,12 +75,16 @@ def baseline_scores(transactions: pd.DataFrame, features: pd.DataFrame, cutoff: 
     for name, fitter in (("bgnbd", BetaGeoFitter), ("paretonbd", ParetoNBDFitter)):
         try:
             model = fitter(penalizer_coef=0.001).fit(fit["frequency"], fit["recency"], fit["T"])
-            e_h = np.asarray(model.expected_purchases(horizon_days, f, r, t), dtype=float)
+            p_h = np.asarray(model.prob_purchase(horizon_days, f, r, t), dtype=float)
             e_v = np.asarray(model.expected_purchases(value_horizon_days, f, r, t), dtype=float)
-            out[name] = (np.where(ok, 1 - np.exp(-e_h), 0.0), np.where(ok, e_v * spend, 0.0))
+            out[name] = (np.where(ok, p_h, 0.0), np.where(ok, e_v * spend, 0.0))
         except Exception as exc:  # noqa: BLE001 - as above
             print(f"note: {name} did not fit ({exc}); its metrics are left out", file=sys.stderr)
-    out["rfm"] = _rfm_heuristic(features, value_horizon_days)
+    t = transactions["timestamp"].to_numpy()
+    year = transactions.loc[(t > (cutoff - pd.Timedelta(days=365)).to_datetime64()) & (t <= cutoff.to_datetime64())]
+    last_year = year.groupby(year["customer_id"].astype(str))[vcol].sum()
+    out["rfm"] = _rfm_heuristic(features, last_year.reindex(features["customer_id"].astype(str)).fillna(0.0).to_numpy(),
+                                value_horizon_days)
     return out
 
 

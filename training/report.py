@@ -125,7 +125,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} img{{max-width:1
 <p>Backtest cutoff {bt.cutoff}: models trained on rolling cutoffs whose label windows end by it, scored on
 {int(m['n_customers']):,} customers who had bought by then ({int(m['n_new_customers']):,} with exactly one order).
 Value model form: <b>{bt.model.value_form_}</b> (out-of-time Gini {bt.model.value_forms_gini_}).
-BTYD probabilities are 1 - exp(-expected purchases).</p>
+BTYD probabilities are the models' exact P(at least one purchase in the horizon).</p>
 <h2>All customers</h2>{metrics_table(m).to_html(float_format=lambda v: f"{v:.4f}")}
 <h2>New customers (one order): second purchase</h2>{metrics_table(m, "new.").to_html(float_format=lambda v: f"{v:.4f}")}
 <h2>Calibration and gain</h2>{_img(paths['reliability'])}{_img(paths['gain_lift'])}
