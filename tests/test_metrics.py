@@ -37,10 +37,20 @@ def test_normalized_gini_is_about_zero_for_random_predictions(rng_values):
 
 def test_normalized_gini_on_four_hand_computed_rows():
     # y_true = [0, 1, 3, 6] (total 10), y_pred = [0.1, 0.4, 0.3, 0.9]
-    # by prediction: 6, 1, 3, 0 -> cumulative shares 0.6, 0.7, 1.0, 1.0 -> mean 0.825 -> Gini 2 * 0.825 - 1 = 0.65
-    # perfect order: 6, 3, 1, 0 -> cumulative shares 0.6, 0.9, 1.0, 1.0 -> mean 0.875 -> Gini 0.75
-    # normalised: 0.65 / 0.75 = 13 / 15
-    assert normalized_gini([0, 1, 3, 6], [0.1, 0.4, 0.3, 0.9]) == pytest.approx(13 / 15)
+    # by prediction: 6, 1, 3, 0 -> cumulative shares 0.6, 0.7, 1.0, 1.0 -> mean 0.825
+    #   -> Gini 2 * 0.825 - 1 - 1/4 = 0.4 (twice the trapezoid area between the gain curve and the diagonal)
+    # perfect order: 6, 3, 1, 0 -> cumulative shares 0.6, 0.9, 1.0, 1.0 -> mean 0.875 -> Gini 0.5
+    # normalised: 0.4 / 0.5 = 0.8
+    assert normalized_gini([0, 1, 3, 6], [0.1, 0.4, 0.3, 0.9]) == pytest.approx(0.8)
+
+
+def test_normalized_gini_of_a_binary_outcome_is_2_auc_minus_1_and_a_reversed_order_is_minus_1():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y, p = (rng.random(10) < 0.4).astype(float), rng.random(10)
+    assert normalized_gini(y, p) == pytest.approx(2 * roc_auc_score(y, p) - 1)
+    assert normalized_gini([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
 
 
 def test_tied_scores_give_the_same_gini_and_decile_table_whatever_the_row_order():
@@ -125,3 +135,12 @@ def test_lift_curve_runs_from_origin_to_one_best_scores_first():
     curve = lift_curve([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8])
     assert curve["share_population"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert curve["share_positives"].tolist() == [0.0, 0.5, 1.0, 1.0, 1.0]
+
+
+def test_top_decile_lift_counts_ties_at_the_boundary_at_their_mean():
+    from training.metrics import classification_metrics
+
+    # 20 rows: the top 10% is 2 rows; 4 rows tie at the top score, 2 of them buyers: the top holds 1 buyer expected
+    y = np.array([1, 0, 1, 0] + [0] * 12 + [1] * 4)
+    p = np.array([0.9] * 4 + [0.1] * 16)
+    assert classification_metrics(y, p)["top_decile_lift"] == pytest.approx((1 / 2) / (6 / 20))  # was 0: worst first
