@@ -7,7 +7,6 @@ fresh process loads the same inputs and times `build_features` alone (the builde
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import time
@@ -16,12 +15,16 @@ from pathlib import Path
 DATA = Path(__file__).parent / "data"
 
 
+_PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
 def _child(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB) of a child process."""
+    """Wall seconds and peak RSS (GB) of a child process: a wrapper process runs it as its only child, so the peak
+    is this command's own (RUSAGE_CHILDREN here would also hold the simulate and earlier runs)."""
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    out = subprocess.run([sys.executable, "-c", _PEAK, *cmd], check=True, stdout=subprocess.PIPE, text=True).stdout
+    return time.perf_counter() - t0, int(out.split()[-1]) / 1024**2
 
 
 def floor_seconds(tx: Path) -> float:
@@ -39,16 +42,14 @@ def floor_seconds(tx: Path) -> float:
 def builder_seconds(d: Path) -> float:
     """Seconds of `build_features` alone on the validated inputs of world `d` (in this process; best of three,
     as the floor)."""
-    import pandas as pd
-
     from features.pipeline import build_features
-    from features.schema import load
+    from features.schema import load, parse_as_of
 
     tx, ev, cu = (load(kind, d / f"{kind}.parquet") for kind in ("transactions", "events", "customers"))
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        build_features(tx, pd.Timestamp("2025-12-31"), ev, cu)
+        build_features(tx, parse_as_of("2025-12-31"), ev, cu)  # as the command's --as-of: the end of that day
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -68,8 +69,7 @@ def main() -> None:
     for n in args.customers:
         d = DATA / f"world_{n}"
         if not (d / "transactions.parquet").exists():
-            subprocess.run([py, "-m", "features", "simulate", "--customers", str(n), "--out", str(d)], check=True,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run([py, "-m", "features", "simulate", "--customers", str(n), "--out", str(d)], check=True)
         import pyarrow.parquet as pq
 
         lines = pq.ParquetFile(d / "transactions.parquet").metadata.num_rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -103,12 +104,16 @@ def main() -> None:
     print(json.dumps(res["spark"]), file=sys.stderr, flush=True)
     if not args.skip_pandas:
         a, b = pd.read_parquet(out_dir / "pandas.parquet"), pd.read_parquet(out_dir / "spark.parquet")
-        res["outputs_equal"] = bool(a.shape == b.shape and (a["customer_id"] == b["customer_id"]).all()
-                                   and all(a[c].equals(b[c]) or (a[c] - b[c]).abs().max() <= 1e-9
-                                           for c in a.columns if a[c].dtype.kind == "f"))
+        try:  # every column, NaN where NaN, floats to 1e-9
+            pd.testing.assert_frame_equal(a, b, check_dtype=False, check_categorical=False, rtol=1e-9, atol=1e-9)
+            res["outputs_equal"] = True
+        except AssertionError as exc:
+            res["outputs_equal"] = False
+            print(f"outputs differ: {str(exc).splitlines()[0]}", file=sys.stderr)
         res["ratio_spark_over_pandas"] = round(res["spark"]["seconds"]["total"] / res["pandas"]["seconds"]["total"], 2)
     # on paper: the group job's throughput per core, scaled to 100M customers in a one-hour window
-    n, cores = res["spark"]["customers"], int(args.master.removeprefix("local[").removesuffix("]") or 1) if args.master.startswith("local[") else 2
+    local = args.master.removeprefix("local[").removesuffix("]") if args.master.startswith("local[") else ""
+    n, cores = res["spark"]["customers"], int(local) if local.isdigit() else os.cpu_count() or 2
     core_s_per_m = res["spark"]["seconds"]["group_job"] * cores / (n / 1e6)
     core_s = core_s_per_m * 100
     budget_s = 0.5 * 3600  # half the window for the features + scoring job, the rest for reading, writing, retries

@@ -111,6 +111,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.customers < 1:
         raise InputError(f"--customers {args.customers}: must be at least 1")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed}: must be at least 0")
     print(f"simulating {args.customers:,} customers (seed {args.seed})", file=sys.stderr)
     world = simulate_world(n_customers=args.customers, seed=args.seed)
     paths = write_world(world, Path(args.out), fmt=args.format)

@@ -29,7 +29,7 @@ PREMIUM_RATE_BOOST, PREMIUM_FIRST_SHARE = 1.6, 0.2
 MAX_RATE = 0.08  # orders/day after boosts; keeps P(natural order within 14 days) <= 0.83 so uplift stays exact
 RESPONSE_DAYS, NUDGE_SHARE, TREATED_SHARE = 14, 0.3, 0.8
 PROSPECT_SHARE, RETURN_SHARE, DUPLICATE_SHARE, OPTIN_SHARE = 0.25, 0.04, 0.005, 0.6
-_TABLES = ("transactions", "events", "nudges", "customers", "truth")
+_TABLES = ("events", "nudges", "customers", "truth", "transactions")  # transactions last: a complete world's sign
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The demo world: reproducible, in the canonical schema, with its planted ground truth recoverable from the data."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -202,3 +204,21 @@ def test_write_world_writes_every_table_atomically(world, tmp_path):
     pd.testing.assert_frame_equal(back, small.transactions, check_dtype=False)
     with pytest.raises(ValueError, match="fmt"):
         write_world(small, tmp_path, fmt="xlsx")
+
+
+def test_an_interrupted_world_has_no_transactions_file(world, tmp_path, monkeypatch):
+    """transactions.parquet is what `make demo` takes as "the world exists": it is written last."""
+    import features.simulate
+
+    small = World(*(getattr(world, n).head(50) for n in ("transactions", "events", "nudges", "customers", "truth")))
+    real = features.simulate.write_parquet
+
+    def killed_at_truth(df, path):
+        if Path(path).stem == "truth":
+            raise KeyboardInterrupt
+        return real(df, path)
+
+    monkeypatch.setattr(features.simulate, "write_parquet", killed_at_truth)
+    with pytest.raises(KeyboardInterrupt):
+        write_world(small, tmp_path)
+    assert not (tmp_path / "transactions.parquet").exists()
