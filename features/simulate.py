@@ -38,8 +38,9 @@ class World:
 
     `truth` has one row per customer: customer_id, segment, purchase_rate (base orders/day), dropout_prob (base),
     first_basket_premium, aha_reached, true_uplift, app_sessions_7d, engagement, effective_rate and
-    effective_dropout (after the planted boosts), prospect (drawn never to buy; a late signup whose first purchase would fall after the period does not buy either), first_purchase and dropout_time (NaT if
-    none), n_orders (including orders caused by nudges).
+    effective_dropout (after the planted boosts), prospect (drawn never to buy; a late signup whose first purchase
+    would fall after the period does not buy either), first_purchase and dropout_time (NaT if none), n_orders
+    (including orders caused by nudges).
     """
 
     transactions: pd.DataFrame
