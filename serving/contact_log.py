@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from features.errors import InputError
 
-__all__ = ["ContactLog", "default_url"]
+__all__ = ["ContactLog", "default_url", "own_run_excluded"]
 
 _META = sa.MetaData()
 CONTACTS = sa.Table(
@@ -33,6 +33,14 @@ COLUMNS = ["customer_id", "timestamp", "channel", "message", "priority", "cost",
 def default_url() -> str:
     """KAIROS_CONTACT_DB, else sqlite:///<cwd>/mlruns/contacts.db."""
     return os.environ.get("KAIROS_CONTACT_DB") or f"sqlite:///{Path.cwd() / 'mlruns' / 'contacts.db'}"
+
+
+def own_run_excluded(history: pd.DataFrame, sent_at: pd.Timestamp) -> pd.DataFrame:
+    """The contact history a batch decides with: all contacts but its own earlier attempt (source "batch" at
+    exactly its contact time `sent_at`), which a re-run replaces. Contacts after `sent_at` (the service's, between
+    the data's as-of and the run) stay: the cooldown holds for them."""
+    own = (history["source"] == "batch") & (history["timestamp"] == pd.Timestamp(sent_at).floor("us"))
+    return history.loc[~own.to_numpy()].reset_index(drop=True)
 
 
 class ContactLog:
@@ -60,8 +68,8 @@ class ContactLog:
             sent_at: the contact time (naive UTC).
             source: who sent them (e.g. "batch", "http").
             costs: channel costs, stored with each contact.
-            replace_same_run: first delete this source's contacts at exactly `sent_at` (a re-run of one batch
-                replaces its own contacts, so re-runs are idempotent).
+            replace_same_run: first delete this source's contacts at exactly `sent_at` of the customers in
+                `decisions` (a re-run of one batch replaces its own contacts, so re-runs are idempotent).
         """
         sent = decisions.loc[decisions["action"] == "nudge"]
         when = pd.Timestamp(sent_at).floor("us").to_pydatetime()
@@ -71,10 +79,20 @@ class ContactLog:
                 for r in sent.itertuples(index=False)]
         with self.engine.begin() as conn:
             if replace_same_run:
-                conn.execute(CONTACTS.delete().where((CONTACTS.c.source == source) & (CONTACTS.c.timestamp == when)))
+                self._replace_run(conn, source, when, decisions["customer_id"])
             if rows:
                 conn.execute(CONTACTS.insert(), rows)
         return len(rows)
+
+    def _replace_run(self, conn, source: str, when, customer_ids: pd.Series) -> None:
+        """Delete `source`'s contacts at exactly `when` of these customers: a re-run of one batch replaces its own
+        contacts, not those of another data set or shard scored for the same as-of."""
+        rows = conn.execute(sa.select(CONTACTS.c.id, CONTACTS.c.customer_id).where(
+            (CONTACTS.c.source == source) & (CONTACTS.c.timestamp == when))).fetchall()
+        mine = set(customer_ids.astype(str))
+        ids = [i for i, c in rows if c in mine]
+        for k in range(0, len(ids), 500):
+            conn.execute(CONTACTS.delete().where(CONTACTS.c.id.in_(ids[k:k + 500])))
 
     def history(self, customer_ids: list[str] | None = None, since: pd.Timestamp | None = None) -> pd.DataFrame:
         """Past contacts (COLUMNS) of `customer_ids` (None: everyone) at or after `since`, oldest first."""

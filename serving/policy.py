@@ -243,15 +243,18 @@ def contact_summary(n: int, pos: np.ndarray, ts_ns: np.ndarray, last_purchase_ns
     Args:
         n: number of customers.
         pos: row of each past contact's customer (-1: not among the customers).
-        ts_ns: time of each past contact in ns; only contacts strictly before `now_ns` count.
+        ts_ns: time of each contact in ns. A contact at or after `now_ns` (the service nudged after the data's
+            as-of, before the batch ran) counts as the last contact, so the cooldown holds; the cap and the
+            unanswered count use the contacts before `now_ns`.
         last_purchase_ns: last purchase of each customer (NaN: none).
         now_ns: the decision time.
         cap_window_days: the frequency-cap window.
     """
-    ok = (pos >= 0) & (ts_ns < now_ns)
-    pos, ts_ns = pos[ok], ts_ns[ok]
+    known = pos >= 0
     last = np.full(n, np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(last, pos, ts_ns)
+    np.maximum.at(last, pos[known], ts_ns[known])
+    ok = known & (ts_ns < now_ns)
+    pos, ts_ns = pos[ok], ts_ns[ok]
     in_window = np.bincount(pos[ts_ns >= now_ns - cap_window_days * DAY_NS], minlength=n)
     lp = last_purchase_ns[pos]
     unanswered = np.bincount(pos[~(lp >= ts_ns)], minlength=n)  # no purchase at or after the contact

@@ -8,6 +8,7 @@ after it is loaded. Logs name counts and ids only, never purchase histories.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
@@ -95,6 +96,7 @@ class Kairos:
             log.warning("the snapshot lacks the Aha-rule counts %s: look-ups get no Aha message (build it with "
                         "--aha-rules)", ", ".join(missing))
         self.scorer = Scorer(model, version, config, snapshot, ContactLog())
+        self._recording = threading.Lock()
         log.info("kairos ready: model version %s, %d customers in the snapshot, new customers eligible from day %g, "
                  "loaded in %.1f s", version, len(snapshot) if snapshot is not None else 0, config.delay_days,
                  time.perf_counter() - t0)
@@ -103,16 +105,19 @@ class Kairos:
     def _answer(self, endpoint: str, customers: list[CustomerIn], record: bool) -> dict:
         import pandas as pd
 
-        now = pd.Timestamp.now(tz="UTC").tz_localize(None)
-        results = self.scorer.score(customers, now=now)
+        # a recording request reads the contact log, decides and writes in one step: two at once for one customer
+        # would both see no contact and both nudge
+        with self._recording if record else contextlib.nullcontext():
+            now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+            results = self.scorer.score(customers, now=now)
+            if record:
+                self.scorer.record(results, now)
         for item, res in zip(customers, results):
             path = "unknown" if "error" in res else ("snapshot" if item.transactions is None and item.events is None
                                                      else "raw")
             CUSTOMERS.labels(endpoint, path).inc()
             if "error" not in res:
                 DECISIONS.labels(endpoint, res["action"], res["channel"] or "none").inc()
-        if record:
-            self.scorer.record(results, now)
         return {"results": results, "model_version": self.scorer.version}
 
     async def _run(self, endpoint: str, customers: list[CustomerIn], record: bool) -> dict:

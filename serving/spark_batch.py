@@ -72,7 +72,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         write_output,
     )
     from serving.batch import check_outputs, decision_summary, log_run, output_path
-    from serving.contact_log import ContactLog
+    from serving.contact_log import ContactLog, own_run_excluded
     from serving.policy import load_policy, resolve_timing
 
     t0 = time.perf_counter()
@@ -109,7 +109,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)
         sent_at = as_of.floor("us")
         history = log.history(None, since)
-        history = history.loc[history["timestamp"] < sent_at, ["customer_id", "timestamp"]].reset_index(drop=True)
+        history = own_run_excluded(history, sent_at)[["customer_id", "timestamp"]].reset_index(drop=True)
         _say(f"scoring {n:,} customers with model version {version} ({len(history):,} past contacts)")
         t1 = time.perf_counter()
         with_reasons = {"all": True, "nudged": "nudged", "none": False}[opt.reasons]

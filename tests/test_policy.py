@@ -96,9 +96,17 @@ def test_cooldown_holds_a_recent_contact_and_then_expires():
     assert decide(later, config(), hist).loc[0, "action"] == "nudge"  # 15 days after the contact
 
 
-def test_contacts_at_or_after_now_do_not_count():
-    out = decide(scores({}), config(), contacts(("c0", str(AS_OF))), now=AS_OF)
-    assert out.loc[0, "action"] == "nudge"  # a re-run of the same batch ignores its own contacts
+def test_a_contact_after_the_decision_time_holds_and_a_batch_rerun_ignores_only_its_own():
+    from serving.contact_log import own_run_excluded
+
+    later = contacts(("c0", str(AS_OF + pd.Timedelta(hours=2))))  # the service nudged after the data's as-of
+    out = decide(scores({}), config(), later, now=AS_OF)
+    assert out.loc[0, "action"] == "hold" and "cooldown" in out.loc[0, "reasons"]
+    sent_at = AS_OF.floor("us")
+    hist = pd.DataFrame({"customer_id": ["c0", "c0"], "timestamp": [sent_at, AS_OF + pd.Timedelta(hours=2)],
+                         "source": ["batch", "http"]})
+    assert own_run_excluded(hist, sent_at)["source"].tolist() == ["http"]  # the earlier attempt of this run goes
+    assert decide(scores({}), config(), own_run_excluded(hist.iloc[:1], sent_at), now=sent_at).loc[0, "action"] == "nudge"
 
 
 def test_frequency_cap_holds_after_max_contacts_in_the_window():
@@ -212,6 +220,19 @@ def test_serve_refuses_a_snapshot_whose_when_column_is_text(tmp_path):
         check_snapshot(snap, cfg)
     check_snapshot(snap, config(messages={"x": Message("x", "x", ("new",), {"email": 0.1}, feature="n_orders",
                                                        below=1)}))  # a number: fine
+
+
+def test_a_batch_of_other_customers_for_the_same_as_of_keeps_the_first_ones_contacts(tmp_path):
+    log = ContactLog(f"sqlite:///{tmp_path}/c.db")
+
+    def run(ids: list[str], actions: list[str]) -> pd.DataFrame:
+        return pd.DataFrame({"customer_id": ids, "action": actions, "channel": "email", "message": "m",
+                             "priority": 1.0, "model_version": "1"})
+
+    log.record(run(["a1", "a2"], ["nudge", "nudge"]), AS_OF, "batch", replace_same_run=True)  # data set (shard) A
+    log.record(run(["b1"], ["nudge"]), AS_OF, "batch", replace_same_run=True)                 # B, the same as-of
+    log.record(run(["a1", "a2"], ["nudge", "hold"]), AS_OF, "batch", replace_same_run=True)   # A again: a2 held
+    assert sorted(log.history()["customer_id"]) == ["a1", "b1"]
 
 
 def test_contact_log_keeps_contacts_and_a_rerun_replaces_its_own(tmp_path):

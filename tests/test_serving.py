@@ -277,6 +277,34 @@ def test_an_unexpected_error_in_one_raw_item_answers_that_item_and_is_logged(wor
     assert logged and all(r.exc_info[0] is ZeroDivisionError for r in logged)
 
 
+def test_two_recording_requests_at_once_nudge_a_customer_once(client, world, monkeypatch):
+    import threading
+    import time
+
+    from serving.api import Scorer
+
+    ids = ids_where(world, lambda f: f["lifecycle_stage"] == "at_risk")
+    cid = next(c for c in ids if client.post("/score", json={"customers": [{"customer_id": c}]})
+               .json()["results"][0]["action"] == "nudge")
+    real = Scorer.score
+
+    def slow(self, *args, **kwargs):  # widen the window between reading the contact log and writing to it
+        out = real(self, *args, **kwargs)
+        time.sleep(0.3)
+        return out
+
+    monkeypatch.setattr(Scorer, "score", slow)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(client.post(
+        "/next_best_action", json={"customers": [{"customer_id": cid}]}).json()["results"][0]["action"]))
+        for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers) == ["hold", "nudge"]
+
+
 def test_api_key_is_required_when_configured(client, monkeypatch):
     body = {"customers": [{"customer_id": "NO-SUCH"}]}
     assert client.post("/score", json=body).status_code == 200  # no key configured
