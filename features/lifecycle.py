@@ -88,22 +88,24 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: i
     def col(name: str) -> np.ndarray:
         return np.asarray(features[name], dtype=float) if name in features else np.full(n_rows, np.nan)
 
+    # a moment counts when it is younger than the lookback (half-open: a moment exactly one lookback old belonged
+    # to the previous run, so consecutive runs never report it twice)
     n, rec, gap = col("n_orders"), col("recency_days"), col("gap_mean_days")
-    recent = rec <= lookback_days
-    quiet = rec > lookback_days  # no purchase within the lookback: the stage a lookback ago follows from recency
+    recent = rec < lookback_days
+    quiet = rec >= lookback_days  # no purchase within the lookback: the stage a lookback ago follows from recency
     advocacy = col("n_referral") + col("n_review")
     stage = _stages(n, rec, col("recency_over_gap"), advocacy, None, rules)
     earlier = _stages(n, rec - lookback_days, (rec - lookback_days) / gap, advocacy, None, rules)
     fired = {
-        "opt_in": col("days_since_optin") <= lookback_days,
-        "first_communication": (col("days_since_first_seen") <= lookback_days) & (
+        "opt_in": col("days_since_optin") < lookback_days,
+        "first_communication": (col("days_since_first_seen") < lookback_days) & (
             True if contacted is None else ~np.asarray(contacted, bool)),
-        "first_purchase": col("tenure_days") <= lookback_days,
+        "first_purchase": col("tenure_days") < lookback_days,
         "repeat_purchase": (n >= 2) & recent,
         "reactivated": (n >= 2) & recent & (col("last_gap_days") > rules.new_days),
         "reactivation_due": quiet & np.isin(stage, ("at_risk", "lapsed")) & (stage != earlier),
         "became_loyal": (n == rules.loyal_orders) & recent,
-        "first_advocacy": col("days_since_first_advocacy") <= lookback_days,
+        "first_advocacy": col("days_since_first_advocacy") < lookback_days,
     }
     out = np.full(n_rows, None, dtype=object)
     hit = np.column_stack([fired[t] for t in TRIGGERS]) if n_rows else np.zeros((0, len(TRIGGERS)), bool)

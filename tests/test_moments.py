@@ -44,6 +44,14 @@ def test_each_moment_fires_on_its_day_and_only_then(moments):
     assert moments.loc["Q", "lifecycle_stage"] == "at_risk"
 
 
+def test_a_moment_exactly_one_lookback_old_belongs_to_the_previous_run():
+    tx = validate(pd.DataFrame({"customer_id": ["N"], "timestamp": ["2024-06-30T00:00:00"], "amount": ["10"]}),
+                  "transactions")
+    runs = {day: moment_triggers(build_features(tx, parse_as_of(day)), 1, 1.0)[0]
+            for day in ("2024-06-30T00:00:00", "2024-07-01T00:00:00")}  # datetime as-ofs, one day apart
+    assert runs == {"2024-06-30T00:00:00": "first_communication,first_purchase", "2024-07-01T00:00:00": None}
+
+
 def test_a_contact_since_first_seen_means_the_first_communication_happened(moments):
     contacted = (moments.index == "N")
     got = dict(zip(moments.index, moment_triggers(moments, len(moments), 1, contacted)))
