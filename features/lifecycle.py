@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["STAGES", "TRIGGERS", "TRIGGER_COLUMNS", "StageRules", "lifecycle_stage", "moment_triggers"]
+__all__ = ["STAGES", "TRIGGERS", "TRIGGER_COLUMNS", "StageRules", "lifecycle_stage", "moment_triggers", "scored_stage"]
 
 STAGES: tuple[str, ...] = ("prospect", "new", "repeat", "loyal", "at_risk", "lapsed")
 TRIGGERS: tuple[str, ...] = ("opt_in", "first_communication", "first_purchase", "repeat_purchase", "reactivated",
@@ -49,26 +49,31 @@ class StageRules:
     at_risk_probability: float = 0.1
 
 
-def _stages(n: np.ndarray, rec: np.ndarray, overdue: np.ndarray, advocacy: np.ndarray, p_purchase: np.ndarray | None,
+def _stages(n: np.ndarray, rec: np.ndarray, overdue: np.ndarray, advocacy: np.ndarray,
             rules: StageRules) -> np.ndarray:
     """The stage rules (module doc) on arrays: orders, recency, recency over the usual gap, referrals + reviews."""
     at_risk = ((n == 1) & (rec > rules.new_days)) | (
         (n >= 2) & (rec > rules.new_days) & (np.nan_to_num(overdue) > rules.overdue_factor))
     loyal = (n >= rules.loyal_orders) | ((n >= 2) & (advocacy > 0))
-    if p_purchase is not None:
-        at_risk |= (n >= 2) & (np.asarray(p_purchase, dtype=float) < rules.at_risk_probability)
     return np.select([n == 0, rec > rules.lapsed_days, at_risk, n == 1, loyal],
                      ["prospect", "lapsed", "at_risk", "new", "loyal"], default="repeat")
 
 
-def lifecycle_stage(features: pd.DataFrame, p_purchase: np.ndarray | None = None,
-                    rules: StageRules = StageRules()) -> pd.Series:
+def lifecycle_stage(features: pd.DataFrame, rules: StageRules = StageRules()) -> pd.Series:
     """Return the stage of each row of `features` (needs n_orders, recency_days, recency_over_gap, n_referral, n_review)."""
     stage = _stages(features["n_orders"].to_numpy(dtype=float), features["recency_days"].to_numpy(dtype=float),
                     features["recency_over_gap"].to_numpy(dtype=float),
-                    features["n_referral"].to_numpy(dtype=float) + features["n_review"].to_numpy(dtype=float),
-                    p_purchase, rules)
+                    features["n_referral"].to_numpy(dtype=float) + features["n_review"].to_numpy(dtype=float), rules)
     return pd.Series(stage, index=features.index, name="lifecycle_stage")
+
+
+def scored_stage(stage: np.ndarray, p_purchase: np.ndarray, rules: StageRules = StageRules()) -> np.ndarray:
+    """The stages with the model's score (module doc): repeat and loyal customers whose purchase probability is
+    below `rules.at_risk_probability` are at risk. Applied where scores meet features (the policy), so the feature
+    table itself stays score-free."""
+    p = np.asarray(p_purchase, dtype=float)
+    low = np.isin(stage, ("repeat", "loyal")) & (p < rules.at_risk_probability)
+    return np.where(low, "at_risk", np.asarray(stage, dtype=object)).astype(object)
 
 
 def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: int, lookback_days: float = 1.0,
@@ -94,8 +99,8 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: i
     recent = rec < lookback_days
     quiet = rec >= lookback_days  # no purchase within the lookback: the stage a lookback ago follows from recency
     advocacy = col("n_referral") + col("n_review")
-    stage = _stages(n, rec, col("recency_over_gap"), advocacy, None, rules)
-    earlier = _stages(n, rec - lookback_days, (rec - lookback_days) / gap, advocacy, None, rules)
+    stage = _stages(n, rec, col("recency_over_gap"), advocacy, rules)
+    earlier = _stages(n, rec - lookback_days, (rec - lookback_days) / gap, advocacy, rules)
     fired = {
         "opt_in": col("days_since_optin") < lookback_days,
         "first_communication": (col("days_since_first_seen") < lookback_days) & (

@@ -127,7 +127,7 @@ class Scorer:
             reasons = dec["reasons"][i] + (f"; drivers: {drivers[i]}" if drivers else "")
             out.append({
                 "customer_id": str(cols["customer_id"][i]), "as_of": pd.Timestamp(cols["as_of"][i]).isoformat(),
-                "n_orders": int(cols["n_orders"][i]), "lifecycle_stage": str(cols["lifecycle_stage"][i]),
+                "n_orders": int(cols["n_orders"][i]), "lifecycle_stage": str(dec["lifecycle_stage"][i]),
                 "p_purchase": _json_value(cols["p_purchase"][i]),
                 "p_second_purchase": _json_value(cols["p_second_purchase"][i]),
                 "expected_value": _json_value(cols["expected_value"][i]), "action": dec["action"][i],

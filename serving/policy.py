@@ -25,7 +25,7 @@ import yaml
 
 from features.aha_rules import AhaRule, feature_params, load_aha_rules
 from features.errors import InputError
-from features.lifecycle import STAGES, TRIGGER_COLUMNS, moment_triggers
+from features.lifecycle import STAGES, TRIGGER_COLUMNS, moment_triggers, scored_stage
 from features.pipeline import FeatureParams
 from features.spec import CATEGORICAL, FEATURE_DOCS
 
@@ -267,8 +267,11 @@ def _fmt_day(ns: int) -> str:
 
 def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: dict[str, np.ndarray] | None,
                   now_ns: int) -> dict[str, np.ndarray | list]:
-    """The policy on column arrays (see `decide`); returns action, channel, message, priority and reasons."""
+    """The policy on column arrays (see `decide`); returns lifecycle_stage (with the model's score where `cols` has
+    p_purchase: `features.lifecycle.scored_stage`), action, channel, message, priority, reasons and triggers."""
     stage = np.asarray(cols["lifecycle_stage"], dtype=object)
+    if "p_purchase" in cols:  # with the model's score, repeat and loyal customers unlikely to buy are at risk
+        stage = scored_stage(stage, cols["p_purchase"], config.feature_params.stage_rules)
     n = len(stage)
     ev = np.asarray(cols["expected_value"], dtype=float)
     as_of_ns = np.asarray(cols["as_of"]).astype("datetime64[ns]").astype(np.int64)
@@ -342,7 +345,7 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
                        f"correlational, aha_rules.csv)")
     first_seen_ns = as_of_ns - np.asarray(cols.get("days_since_first_seen", np.full(n, np.nan)), dtype=float) * DAY_NS
     triggers = moment_triggers(cols, n, config.trigger_lookback_days, contacts["last_contact_ns"] >= first_seen_ns)
-    return {"action": np.where(nudge, "nudge", "hold").astype(object),
+    return {"lifecycle_stage": stage, "action": np.where(nudge, "nudge", "hold").astype(object),
             "channel": np.where(nudge, chan, None), "message": np.where(nudge, msg, None),
             "priority": np.where(has, priority, np.nan), "reasons": reasons, "triggers": triggers}
 
@@ -398,16 +401,17 @@ def _reason(code, stage, msg, chan, up, ev, worth, decay, prio, days_first, last
 
 def decide(scores: pd.DataFrame, config: PolicyConfig, contact_history: pd.DataFrame | None = None,
            now: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Add action (nudge/hold), channel, message, priority and reasons to `scores`.
+    """Add action (nudge/hold), channel, message, priority, reasons and triggers to `scores`, and its
+    lifecycle_stage with the model's score (`features.lifecycle.scored_stage`) where it has p_purchase.
 
     Args:
         scores: one row per customer with the columns of `required_columns(config)` (features plus scores).
         config: the policy; an "auto" delay falls back to `fallback_delay_days` unless resolved beforehand.
-        contact_history: past nudges (customer_id, timestamp); only those before `now` count.
+        contact_history: nudges (customer_id, timestamp); one after `now` counts as the last contact (`contact_summary`).
         now: the decision time (naive UTC); default: each row's as_of.
 
     Returns:
-        A copy of `scores` with the five decision columns, in the same row order.
+        A copy of `scores` with the decision columns, in the same row order.
     """
     as_of = scores["as_of"].to_numpy().astype("datetime64[ns]")
     now_ns = int(pd.Timestamp(now).value) if now is not None else int(as_of.astype(np.int64).max(initial=0))

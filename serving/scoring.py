@@ -91,7 +91,7 @@ def score_features(model, features: pd.DataFrame, config: PolicyConfig, history:
         "customer_id": features["customer_id"].astype(str).to_numpy(),
         "as_of": as_of,
         "n_orders": features["n_orders"].to_numpy(dtype=float).astype(np.int64),
-        "lifecycle_stage": features["lifecycle_stage"].astype(str).to_numpy(),
+        "lifecycle_stage": dec["lifecycle_stage"].astype(str),
         "p_purchase": scores["p_purchase"].to_numpy(dtype=float),
         "p_second_purchase": scores["p_second_purchase"].to_numpy(dtype=float),
         "expected_value": scores["expected_value"].to_numpy(dtype=float),

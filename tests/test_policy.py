@@ -222,6 +222,14 @@ def test_serve_refuses_a_snapshot_whose_when_column_is_text(tmp_path):
                                                        below=1)}))  # a number: fine
 
 
+def test_with_the_model_score_repeat_and_loyal_customers_unlikely_to_buy_are_at_risk():
+    rows = scores({"lifecycle_stage": "repeat", "p_purchase": 0.05}, {"lifecycle_stage": "loyal", "p_purchase": 0.5},
+                  {"lifecycle_stage": "new", "p_purchase": 0.01})
+    out = decide(rows, config())
+    assert out["lifecycle_stage"].tolist() == ["at_risk", "loyal", "new"]  # the documented rule, below 0.1
+    assert decide(rows.drop(columns="p_purchase"), config())["lifecycle_stage"].tolist() == ["repeat", "loyal", "new"]
+
+
 def test_a_batch_of_other_customers_for_the_same_as_of_keeps_the_first_ones_contacts(tmp_path):
     log = ContactLog(f"sqlite:///{tmp_path}/c.db")
 
