@@ -51,7 +51,7 @@ def run_batch(opt: BatchOptions) -> dict:
     from features.io import write_parquet
     from features.pipeline import build_features
     from features.schema import load, parse_as_of
-    from serving.contact_log import ContactLog, own_run_excluded
+    from serving.contact_log import ContactLog, split_own_run
     from serving.policy import load_policy, resolve_timing
     from serving.scoring import load_model, score_features
     from training.train import Inputs, fingerprint
@@ -82,7 +82,7 @@ def run_batch(opt: BatchOptions) -> dict:
     # the contact time of this run's nudges, and the decision time (so that a nudge exactly `cooldown_days` before
     # is within the cooldown, as the stored, microsecond contact times compare); a re-run ignores (and replaces) them
     sent_at = as_of.floor("us")
-    history = own_run_excluded(log.history(feats["customer_id"].tolist(), since), sent_at)
+    history, _ = split_own_run(log.history(feats["customer_id"].tolist(), since), sent_at)
     _say(f"scoring {len(feats):,} customers with model version {version} "
          f"({len(history):,} past contacts; new customers eligible from day {config.delay_days:g})")
     t1 = time.perf_counter()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from features.errors import InputError
 
-__all__ = ["ContactLog", "default_url", "own_run_excluded"]
+__all__ = ["ContactLog", "default_url", "split_own_run"]
 
 _META = sa.MetaData()
 CONTACTS = sa.Table(
@@ -35,12 +35,12 @@ def default_url() -> str:
     return os.environ.get("KAIROS_CONTACT_DB") or f"sqlite:///{Path.cwd() / 'mlruns' / 'contacts.db'}"
 
 
-def own_run_excluded(history: pd.DataFrame, sent_at: pd.Timestamp) -> pd.DataFrame:
-    """The contact history a batch decides with: all contacts but its own earlier attempt (source "batch" at
-    exactly its contact time `sent_at`), which a re-run replaces. Contacts after `sent_at` (the service's, between
-    the data's as-of and the run) stay: the cooldown holds for them."""
-    own = (history["source"] == "batch") & (history["timestamp"] == pd.Timestamp(sent_at).floor("us"))
-    return history.loc[~own.to_numpy()].reset_index(drop=True)
+def split_own_run(history: pd.DataFrame, sent_at: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The contact history a batch decides with, and its own earlier attempt (source "batch" at exactly its contact
+    time `sent_at`), which a re-run leaves out and replaces. Contacts after `sent_at` (the service's, between the
+    data's as-of and the run) stay in the history: the cooldown holds for them."""
+    own = ((history["source"] == "batch") & (history["timestamp"] == pd.Timestamp(sent_at).floor("us"))).to_numpy()
+    return history.loc[~own].reset_index(drop=True), history.loc[own].reset_index(drop=True)
 
 
 class ContactLog:

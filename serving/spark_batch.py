@@ -72,7 +72,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         write_output,
     )
     from serving.batch import check_outputs, decision_summary, log_run, output_path
-    from serving.contact_log import ContactLog, own_run_excluded
+    from serving.contact_log import ContactLog, split_own_run
     from serving.policy import load_policy, resolve_timing
 
     t0 = time.perf_counter()
@@ -108,8 +108,8 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         model_bc = spark.sparkContext.broadcast(model)
         since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)
         sent_at = as_of.floor("us")
-        history = log.history(None, since)
-        history = own_run_excluded(history, sent_at)[["customer_id", "timestamp"]].reset_index(drop=True)
+        history, earlier = split_own_run(log.history(None, since), sent_at)
+        history = history[["customer_id", "timestamp"]]
         _say(f"scoring {n:,} customers with model version {version} ({len(history):,} past contacts)")
         t1 = time.perf_counter()
         with_reasons = {"all": True, "nudged": "nudged", "none": False}[opt.reasons]
@@ -118,6 +118,10 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         scores = scores.persist(StorageLevel.MEMORY_AND_DISK)
         nudges = scores.where("action = 'nudge'").select("customer_id", "action", "channel", "message", "priority",
                                                          "model_version").toPandas()
+        # the customers of this run whose earlier attempt's contacts a re-run replaces (the driver holds only the
+        # nudges, not every customer: the earlier attempt's ids are matched against the run's customers)
+        replaced = spark.createDataFrame(earlier[["customer_id"]].drop_duplicates()).join(
+            feats.select("customer_id"), "customer_id").toPandas()["customer_id"] if len(earlier) else []
         counts = scores.groupBy("action", "channel").count().toPandas()
         data_rows = inputs.frames["transactions"].count()
         summary = {"out": out, "customers": int(n),
@@ -131,7 +135,8 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
             write_output(feats, opt.features_out)
     finally:
         feats.unpersist()
-    summary["recorded_contacts"] = log.record(nudges, sent_at, "batch", config.channels, replace_same_run=True) \
+    run = pd.concat([nudges, pd.DataFrame({"customer_id": replaced, "action": "hold"})], ignore_index=True)
+    summary["recorded_contacts"] = log.record(run, sent_at, "batch", config.channels, replace_same_run=True) \
         if opt.record else 0
     log.close()
     summary["seconds"] = round(time.perf_counter() - t0, 3)

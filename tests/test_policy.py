@@ -97,7 +97,7 @@ def test_cooldown_holds_a_recent_contact_and_then_expires():
 
 
 def test_a_contact_after_the_decision_time_holds_and_a_batch_rerun_ignores_only_its_own():
-    from serving.contact_log import own_run_excluded
+    from serving.contact_log import split_own_run
 
     later = contacts(("c0", str(AS_OF + pd.Timedelta(hours=2))))  # the service nudged after the data's as-of
     out = decide(scores({}), config(), later, now=AS_OF)
@@ -105,8 +105,9 @@ def test_a_contact_after_the_decision_time_holds_and_a_batch_rerun_ignores_only_
     sent_at = AS_OF.floor("us")
     hist = pd.DataFrame({"customer_id": ["c0", "c0"], "timestamp": [sent_at, AS_OF + pd.Timedelta(hours=2)],
                          "source": ["batch", "http"]})
-    assert own_run_excluded(hist, sent_at)["source"].tolist() == ["http"]  # the earlier attempt of this run goes
-    assert decide(scores({}), config(), own_run_excluded(hist.iloc[:1], sent_at), now=sent_at).loc[0, "action"] == "nudge"
+    others, earlier = split_own_run(hist, sent_at)
+    assert others["source"].tolist() == ["http"] and earlier["source"].tolist() == ["batch"]  # this run's earlier try
+    assert decide(scores({}), config(), split_own_run(hist.iloc[:1], sent_at)[0], now=sent_at).loc[0, "action"] == "nudge"
 
 
 def test_frequency_cap_holds_after_max_contacts_in_the_window():

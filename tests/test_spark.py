@@ -111,6 +111,29 @@ def test_serving_batch_spark_equals_pandas(spark, store, data):
         assert pd.read_parquet(a["out"])["message"].eq("aha_app_session").any()
 
 
+def test_a_spark_rerun_replaces_its_own_earlier_contacts_and_keeps_other_runs(spark, store, tmp_path, monkeypatch):
+    from serving.batch import BatchOptions
+    from serving.contact_log import ContactLog
+    from serving.spark_batch import run_batch_spark
+
+    monkeypatch.setenv("KAIROS_CONTACT_DB", f"sqlite:///{tmp_path}/contacts.db")
+    paths = store.world
+    opts = BatchOptions(out=str(tmp_path / "s.parquet"), transactions=str(paths["transactions"]),
+                        events=str(paths["events"]), customers=str(paths["customers"]), as_of=AS_OF,
+                        log_mlflow=False, reasons="none")
+    first = run_batch_spark(opts, MASTER, 3)
+    scores = pd.read_parquet(tmp_path / "s.parquet")
+    held = scores.loc[scores["action"] == "hold", "customer_id"].iloc[0]
+    # an earlier attempt of this run that nudged a customer now held, and another data set's run at the same time
+    stray = pd.DataFrame({"customer_id": [held, "OTHER-DATA-SET"], "action": "nudge", "channel": "email",
+                          "message": "m", "priority": 1.0, "model_version": "0"})
+    ContactLog().record(stray, parse_as_of(AS_OF), "batch")
+    again = run_batch_spark(opts, MASTER, 3)
+    batch = ContactLog().history().query("source == 'batch'")
+    assert again["nudges"] == first["nudges"] == (batch["customer_id"] != "OTHER-DATA-SET").sum()
+    assert held not in set(batch["customer_id"]) and "OTHER-DATA-SET" in set(batch["customer_id"])
+
+
 def test_bad_input_on_spark_is_one_line_and_writes_nothing(spark, tmp_path):
     from features.__main__ import main
     from serving.__main__ import main as serving_main
