@@ -41,11 +41,9 @@ def _version_of(version: str | None, run_id: str | None) -> str:
     return str(found[0].version)
 
 
-def _check_same_task(candidate: str, champion: str) -> None:
-    """Raise InputError unless both versions predict the same horizons: a p_purchase over 30 days and one over 90
-    days answer different questions, and each would win on its own backtest."""
-    c = client()
-    params = {v: c.get_run(c.get_model_version(MODEL_NAME, v).run_id).data.params for v in (candidate, champion)}
+def _check_same_task(params: dict[str, dict[str, str]], candidate: str, champion: str) -> None:
+    """Raise InputError unless both versions (their runs' `params`) predict the same horizons: a p_purchase over 30
+    days and one over 90 days answer different questions, and each would win on its own backtest."""
     differ = [k for k in HORIZON_PARAMS if params[candidate].get(k) != params[champion].get(k)]
     if differ:
         shown = ", ".join(f"{k} {params[candidate].get(k)} vs {params[champion].get(k)}" for k in differ)
@@ -65,11 +63,13 @@ def _backtest_artifact(run_id: str, version: str, name: str, tmp: str) -> Path:
 
 
 def compare_on_backtest(candidate: str, champion: str) -> dict[str, float]:
-    """AUC and value Gini of both versions' backtest models on the candidate's backtest set."""
+    """AUC and value Gini of both versions' backtest models on the candidate's backtest set; InputError when the
+    versions are not comparable (other horizons, or a champion backtested later than the candidate)."""
     from training.train import BACKTEST_MODEL
 
     c = client()
     runs = {v: c.get_run(c.get_model_version(MODEL_NAME, v).run_id) for v in (candidate, champion)}
+    _check_same_task({v: r.data.params for v, r in runs.items()}, candidate, champion)
     cutoffs = {v: pd.Timestamp(r.data.params.get("backtest_cutoff", "NaT")) for v, r in runs.items()}
     if pd.notna(cutoffs[champion]) and pd.notna(cutoffs[candidate]) and cutoffs[champion] > cutoffs[candidate]:
         raise InputError(f"model registry: champion {champion} was backtested as of {cutoffs[champion].date()}, "
@@ -98,7 +98,6 @@ def promote(version: str | None = None, run_id: str | None = None, force: bool =
     if champion is None or champion == candidate or force:
         set_alias("champion", candidate)
         return {**result, "promoted": True}
-    _check_same_task(candidate, champion)
     comparison = compare_on_backtest(candidate, champion)
     ok = all(comparison[f"candidate.{m}"] >= comparison[f"champion.{m}"] - tolerance for m in ("auc", "gini"))
     if ok:
