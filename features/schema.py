@@ -84,13 +84,13 @@ def as_id(s: pd.Series) -> pd.Series:
     """Ids as stripped strings (None where missing or blank); whole numbers written as floats lose the '.0'
     (13085.0 and '13085.0' -> '13085', 4.0128e+10 -> '40128000000'), so that a numeric id is one customer
     whether a file stores it as a number, as text or as a float (CSV exports, Parquet float columns)."""
-    out = s.astype("str").where(s.notna(), None).str.strip()
+    out = _as_text(s)
     floaty = out.str.contains(r"^-?[0-9.]+(?:[eE][+-]?[0-9]+)?$", na=False) & out.str.contains(r"[.eE]", na=False)
     if floaty.any():
         num = pd.to_numeric(out[floaty], errors="coerce")
         ok = num.notna() & (num == np.floor(num)) & (num.abs() < 2**63)
         out.loc[ok[ok].index] = num[ok].astype("int64").astype("str")
-    return out.where(out.fillna("") != "", None)
+    return out
 
 
 def _as_text(s: pd.Series) -> pd.Series:
