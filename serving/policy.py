@@ -269,9 +269,10 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
                   now_ns: int) -> dict[str, np.ndarray | list]:
     """The policy on column arrays (see `decide`); returns lifecycle_stage (with the model's score where `cols` has
     p_purchase: `features.lifecycle.scored_stage`), action, channel, message, priority, reasons and triggers."""
+    stage_rules = config.feature_params.stage_rules
     stage = np.asarray(cols["lifecycle_stage"], dtype=object)
     if "p_purchase" in cols:  # with the model's score, repeat and loyal customers unlikely to buy are at risk
-        stage = scored_stage(stage, cols["p_purchase"], config.feature_params.stage_rules)
+        stage = scored_stage(stage, cols["p_purchase"], stage_rules)
     n = len(stage)
     ev = np.asarray(cols["expected_value"], dtype=float)
     as_of_ns = np.asarray(cols["as_of"]).astype("datetime64[ns]").astype(np.int64)
@@ -344,7 +345,8 @@ def decide_arrays(cols: dict[str, np.ndarray], config: PolicyConfig, contacts: d
                        f"days of the first purchase ({np.asarray(cols[r.column], dtype=float)[i]:.0f} so far; "
                        f"correlational, aha_rules.csv)")
     first_seen_ns = as_of_ns - np.asarray(cols.get("days_since_first_seen", np.full(n, np.nan)), dtype=float) * DAY_NS
-    triggers = moment_triggers(cols, n, config.trigger_lookback_days, contacts["last_contact_ns"] >= first_seen_ns)
+    triggers = moment_triggers(cols, n, config.trigger_lookback_days, contacts["last_contact_ns"] >= first_seen_ns,
+                               stage_rules)
     return {"lifecycle_stage": stage, "action": np.where(nudge, "nudge", "hold").astype(object),
             "channel": np.where(nudge, chan, None), "message": np.where(nudge, msg, None),
             "priority": np.where(has, priority, np.nan), "reasons": reasons, "triggers": triggers}
