@@ -110,29 +110,6 @@ def test_unknown_customers_are_answered_per_item(client, world):
     assert "error" not in ok and ok["customer_id"] == known
 
 
-def test_by_id_and_raw_history_give_the_same_scores(client, world):
-    cid = ids_where(world, lambda f: f["n_orders"] >= 3)[0]
-    w = world.world
-    tx = w.transactions.loc[w.transactions["customer_id"] == cid].drop(columns="customer_id")
-    ev = w.events.loc[w.events["customer_id"] == cid].drop(columns="customer_id")
-    attrs = w.customers.loc[w.customers["customer_id"] == cid].drop(columns="customer_id").iloc[0]
-    item = {"customer_id": cid, "as_of": AS_OF,
-            "transactions": [{k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in row.items()
-                              if not (isinstance(v, float) and np.isnan(v))} for row in tx.to_dict("records")],
-            "events": [{"timestamp": t.isoformat(), "event": e, **({"value": v} if pd.notna(v) else {})}
-                       for t, e, v in zip(ev["timestamp"], ev["event"], ev["value"])],
-            "attributes": {k: (v.strftime("%Y-%m-%d") if isinstance(v, pd.Timestamp) else v) for k, v in attrs.items()}}
-    # two requests: in one, the second copy of a nudged customer_id is held (nudged once per request)
-    (by_id,), (raw,) = (client.post("/score", json={"customers": [it]}).json()["results"]
-                        for it in ({"customer_id": cid}, item))
-    assert "error" not in raw, raw.get("error")
-    for col in ("n_orders", "lifecycle_stage", "as_of", "action", "channel", "message"):
-        assert by_id[col] == raw[col], col
-    for col in ("p_purchase", "expected_value", "priority"):
-        assert by_id[col] == pytest.approx(raw[col], rel=1e-9), col
-    assert by_id["reasons"] == raw["reasons"]
-
-
 def _raw_item(world, cid: str, as_of: str = AS_OF, attributes: bool = True) -> dict:
     """The request item of a simulated customer's whole history (transactions, events, attributes)."""
     w = world.world
@@ -146,6 +123,20 @@ def _raw_item(world, cid: str, as_of: str = AS_OF, attributes: bool = True) -> d
                        for t, e, v in zip(ev["timestamp"], ev["event"], ev["value"])],
             **({"attributes": {k: (v.strftime("%Y-%m-%d") if isinstance(v, pd.Timestamp) else v)
                                for k, v in attrs.items()}} if attributes else {})}
+
+
+def test_by_id_and_raw_history_give_the_same_scores(client, world):
+    cid = ids_where(world, lambda f: f["n_orders"] >= 3)[0]
+    item = _raw_item(world, cid)
+    # two requests: in one, the second copy of a nudged customer_id is held (nudged once per request)
+    (by_id,), (raw,) = (client.post("/score", json={"customers": [it]}).json()["results"]
+                        for it in ({"customer_id": cid}, item))
+    assert "error" not in raw, raw.get("error")
+    for col in ("n_orders", "lifecycle_stage", "as_of", "action", "channel", "message"):
+        assert by_id[col] == raw[col], col
+    for col in ("p_purchase", "expected_value", "priority"):
+        assert by_id[col] == pytest.approx(raw[col], rel=1e-9), col
+    assert by_id["reasons"] == raw["reasons"]
 
 
 def test_raw_items_scored_together_equal_each_scored_alone(world, scorer, monkeypatch):
