@@ -15,7 +15,7 @@ from tqdm import tqdm
 from features.errors import InputError
 from features.pipeline import FeatureParams, build_features, order_table
 
-__all__ = ["build_labels", "rolling_cutoffs", "training_frame", "value_column"]
+__all__ = ["build_labels", "purchase_label", "rolling_cutoffs", "training_frame", "value_column", "value_label"]
 
 
 def value_column(transactions: pd.DataFrame) -> str:
@@ -23,6 +23,19 @@ def value_column(transactions: pd.DataFrame) -> str:
     if "margin" in transactions.columns and transactions["margin"].notna().all():
         return "margin"
     return "amount"
+
+
+def purchase_label(lines: pd.DataFrame, window: np.ndarray, n_windows: int) -> np.ndarray:
+    """1 for each window holding a purchase: an order of its own `lines` (`window`: each line's window) with a
+    positive net amount, so a line of the same order outside the window (a later return) cannot undo it."""
+    orders, _ = order_table(lines, window)
+    buy = orders["amount"].to_numpy() > 0
+    return (np.bincount(orders["cust"].to_numpy()[buy], minlength=n_windows) > 0).astype(np.int8)
+
+
+def value_label(values: np.ndarray, window: np.ndarray, n_windows: int) -> np.ndarray:
+    """The net value of each window's lines (`values`: their `value_column`), floored at 0."""
+    return np.clip(np.bincount(window, values, n_windows), 0, None)
 
 
 def build_labels(transactions: pd.DataFrame, cutoff: pd.Timestamp, customer_ids: np.ndarray,
@@ -37,17 +50,13 @@ def build_labels(transactions: pd.DataFrame, cutoff: pd.Timestamp, customer_ids:
     known = pos >= 0
     win, pos = win.loc[known], pos[known]
     ts = win["timestamp"].to_numpy().astype("datetime64[ns]").astype(np.int64)
-    # orders of the purchase window from its own lines: a later line of the same order (a return) cannot undo it
     in_h = ts <= (cutoff + pd.Timedelta(days=horizon_days)).value
-    orders, _ = order_table(win.loc[in_h], pos[in_h])
-    buy = orders["amount"].to_numpy() > 0
-    vcol = value_column(transactions)
     in_v = ts <= (cutoff + pd.Timedelta(days=value_horizon_days)).value
-    value = np.bincount(pos[in_v], win[vcol].to_numpy(dtype=float)[in_v], len(ids))
+    values = win[value_column(transactions)].to_numpy(dtype=float)
     return pd.DataFrame({
         "customer_id": pd.array(ids, dtype="str"),
-        "y_purchase": (np.bincount(orders["cust"].to_numpy()[buy], minlength=len(ids)) > 0).astype(np.int8),
-        "y_value": np.clip(value, 0, None),
+        "y_purchase": purchase_label(win.loc[in_h], pos[in_h], len(ids)),
+        "y_value": value_label(values[in_v], pos[in_v], len(ids)),
     })
 
 

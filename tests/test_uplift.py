@@ -291,6 +291,27 @@ def test_nudge_outcome_window_is_after_the_nudge_up_to_the_response_days():
     assert frame["n_orders"].isna().all()
 
 
+def test_nudge_outcomes_count_only_the_lines_of_the_response_window_as_the_labels_do():
+    from features.labels import build_labels
+
+    nudges = validate(pd.DataFrame({"customer_id": ["a", "b"], "timestamp": "2025-03-01", "campaign": "c",
+                                    "channel": "email", "treated": [True, False]}), "nudges")
+    tx = validate(pd.DataFrame({
+        "customer_id": ["a", "a", "b", "b", "b"], "order_id": ["a1", "a1", "b1", "b1", "b2"],
+        "timestamp": ["2025-03-05",   # a: bought in the window ...
+                      "2025-04-20",   # a: ... and returned after it: the purchase stands
+                      "2025-02-20",   # b: bought before the nudge ...
+                      "2025-03-03",   # b: ... and returned in the window: it lowers the value
+                      "2025-03-04"],  # b: a purchase
+        "amount": [50.0, -60.0, 40.0, -15.0, 25.0], "margin": [20.0, -24.0, 16.0, -6.0, 10.0]}), "transactions")
+    no_margin = tx.assign(margin=tx["margin"].mask(tx["timestamp"] > "2025-03-15"))  # one missing, after the window
+    for data, value in ((tx, [20.0, 4.0]), (no_margin, [50.0, 10.0])):  # margin only where every line has one
+        frame = nudge_frame(nudges, data, 14, progress=False)
+        labels = build_labels(data, pd.Timestamp("2025-03-01"), np.array(["a", "b"]), 14, 14)
+        assert frame["y_purchase"].tolist() == labels["y_purchase"].tolist() == [1, 1]
+        assert frame["y_value"].tolist() == labels["y_value"].tolist() == value
+
+
 def test_nudges_whose_response_window_runs_past_the_data_are_left_out(capsys):
     from training.uplift_run import observed_nudges
 

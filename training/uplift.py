@@ -2,8 +2,9 @@
 
 The nudges table (`treated` false = held out at random) is joined to the features as of each nudge (built by
 `features.pipeline.build_features` strictly before the nudge's day) and to the outcome in the response window
-`(nudge, nudge + response_days]`: a purchase (an order with a positive net amount) and its value. Meta-learners on
-LightGBM estimate the effect tau(x) = P(buy | x, nudged) - P(buy | x, held out):
+`(nudge, nudge + response_days]`: a purchase (an order of the window's lines with a positive net amount) and its
+value, as the labels define them. Meta-learners on LightGBM estimate the effect
+tau(x) = P(buy | x, nudged) - P(buy | x, held out):
 - T-learner: one model per arm, tau = mu1 - mu0;
 - X-learner (Kunzel et al. 2019): imputed effects of each arm regressed on x, mixed by the propensity;
 - class transformation (Jaskowski and Jaroszewicz 2012): one classifier of z = 1{treated and bought, or held out
@@ -21,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
-from features.labels import value_column
-from features.pipeline import build_features, customer_codes, order_table
+from features.labels import purchase_label, value_column, value_label
+from features.pipeline import build_features, customer_codes
 from training.models import FeatureSpec
 from training.uplift_metrics import normalized_auuc, normalized_qini
 
@@ -180,12 +181,12 @@ def check_nudges(nudges: pd.DataFrame) -> None:
         raise InputError("nudges: no treated (treated=true) rows; uplift needs nudged customers")
 
 
-def _orders_up_to(o_cust: np.ndarray, o_ts: np.ndarray, q_cust: np.ndarray, q_ts: np.ndarray) -> np.ndarray:
-    """For each query (customer, time): the number of orders (sorted by customer, time) up to and including it,
-    i.e. a searchsorted(side="right") on the pair, done by one lexsort of orders and queries together."""
-    n = len(o_cust)
-    kind = np.r_[np.zeros(n, np.int8), np.ones(len(q_cust), np.int8)]  # orders first on equal (customer, time)
-    order = np.lexsort((kind, np.r_[o_ts, q_ts], np.r_[o_cust, q_cust]))
+def _rows_up_to(r_cust: np.ndarray, r_ts: np.ndarray, q_cust: np.ndarray, q_ts: np.ndarray) -> np.ndarray:
+    """For each query (customer, time): the number of rows (sorted by customer, time) up to and including it,
+    i.e. a searchsorted(side="right") on the pair, done by one lexsort of rows and queries together."""
+    n = len(r_cust)
+    kind = np.r_[np.zeros(n, np.int8), np.ones(len(q_cust), np.int8)]  # rows first on equal (customer, time)
+    order = np.lexsort((kind, np.r_[r_ts, q_ts], np.r_[r_cust, q_cust]))
     is_q = kind[order] == 1
     before = np.cumsum(~is_q)[is_q]
     out = np.empty(len(q_cust), np.int64)
@@ -193,24 +194,32 @@ def _orders_up_to(o_cust: np.ndarray, o_ts: np.ndarray, q_cust: np.ndarray, q_ts
     return out
 
 
+def _window_lines(tx_cust: np.ndarray, tx_ts: np.ndarray, nd_cust: np.ndarray, start: np.ndarray,
+                  end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(line, nudge): every transaction line in each nudge's window (start, end] of its customer, located by
+    binary search in the lines sorted by customer and time (a line in two windows appears twice)."""
+    order = np.lexsort((tx_ts, tx_cust))
+    lo = _rows_up_to(tx_cust[order], tx_ts[order], nd_cust, start)
+    count = _rows_up_to(tx_cust[order], tx_ts[order], nd_cust, end) - lo
+    nudge = np.repeat(np.arange(len(nd_cust)), count)
+    first = np.cumsum(count) - count  # each nudge's first pair
+    return order[np.repeat(lo - first, count) + np.arange(len(nudge))], nudge
+
+
 def _outcomes(transactions: pd.DataFrame, nudges: pd.DataFrame, response_days: int) -> pd.DataFrame:
     """y_purchase (a purchase order) and y_value (net value, floored at 0) in (nudge, nudge + response_days].
 
-    Same definitions as `features.labels.build_labels` (orders by `order_table`, value by `value_column`), but
-    with one window per nudge, located by binary search in the orders sorted by customer and time.
+    The labels' definitions (`features.labels.purchase_label` and `value_label` on the lines of each window only,
+    value by `value_column`), with one window per nudge.
     """
     _ids, (tx_code, nd_code) = customer_codes(transactions["customer_id"], nudges["customer_id"])
-    orders, line_order = order_table(transactions, tx_code)
-    vcol = value_column(transactions)
-    value = np.bincount(line_order, transactions[vcol].to_numpy(dtype=float), len(orders))
     start = nudges["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
     end = start + np.int64(response_days) * 86_400 * 10**9
-    o_cust, o_ts = orders["cust"].to_numpy(np.int64), orders["ts"].to_numpy(np.int64)
-    lo, hi = _orders_up_to(o_cust, o_ts, nd_code, start), _orders_up_to(o_cust, o_ts, nd_code, end)
-    buys = np.r_[0, np.cumsum(orders["amount"].to_numpy() > 0)]
-    cum_value = np.r_[0.0, np.cumsum(value)]
-    return pd.DataFrame({"y_purchase": ((buys[hi] - buys[lo]) > 0).astype(np.int8),
-                         "y_value": np.clip(cum_value[hi] - cum_value[lo], 0, None)}, index=nudges.index)
+    tx_ts = transactions["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    line, nudge = _window_lines(tx_code, tx_ts, nd_code, start, end)
+    values = transactions[value_column(transactions)].to_numpy(dtype=float)[line]
+    return pd.DataFrame({"y_purchase": purchase_label(transactions.iloc[line], nudge, len(nudges)),
+                         "y_value": value_label(values, nudge, len(nudges))}, index=nudges.index)
 
 
 def nudge_frame(nudges: pd.DataFrame, transactions: pd.DataFrame, response_days: int,
