@@ -71,14 +71,29 @@ def _factorized(values: pd.Series, sort: bool = False) -> tuple[np.ndarray, pd.I
     return codes.astype(np.int64), pd.Index(uniques)
 
 
+def _texts(values: pd.Index) -> pa.LargeStringArray:
+    """The values of an index of ids as Arrow text."""
+    return pa.array(pd.Series(values.astype("str"), copy=False)).cast(pa.large_string())
+
+
+def _index_in(texts: pa.Array, ids: pa.Array) -> np.ndarray:
+    """Position of each of `texts` in `ids` (-1 where absent), hashed in Arrow."""
+    return pc.fill_null(pc.index_in(texts, value_set=ids), -1).to_numpy().astype(np.int64)
+
+
 def customer_codes(*id_columns: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Sorted ids of the union of `id_columns`, and each column's codes into them."""
+    """Sorted ids of the union of `id_columns`, and each column's codes into them.
+
+    Each column is factorized once (a validated column is a categorical: its own codes); only its distinct ids
+    are hashed, sorted and matched, as Arrow text (byte order of UTF-8 is code-point order, Python's)."""
     factorized = [_factorized(c) for c in id_columns]
-    texts = [uniques.astype("str") for _, uniques in factorized]
-    used = [text[np.bincount(codes[codes >= 0], minlength=len(text)) > 0] for (codes, _), text in zip(factorized, texts)]
-    ids = pd.factorize(pd.concat([pd.Series(u) for u in used], ignore_index=True), sort=True)[1]
-    return np.asarray(ids, dtype=object), [np.append(ids.get_indexer(text), -1)[codes]
-                                           for (codes, _), text in zip(factorized, texts)]
+    texts = [_texts(uniques) for _, uniques in factorized]
+    used = [text.filter(np.bincount(codes[codes >= 0], minlength=len(text)) > 0)
+            for (codes, _), text in zip(factorized, texts)]
+    union = pc.unique(pa.concat_arrays(used))
+    ids = union.take(pc.sort_indices(union))
+    return (np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object),
+            [np.append(_index_in(text, ids), -1)[codes] for (codes, _), text in zip(factorized, texts)])
 
 
 def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataFrame | None = None,
@@ -238,8 +253,9 @@ def _codes_of(values: pd.Series) -> np.ndarray:
 
 
 def _distinct_per_customer(cust: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
-    """Number of distinct non-missing codes per customer: from a customers x codes count table when it is no
-    bigger than the rows (few codes: categories, channels), else by sorting the pairs (far faster than hashing)."""
+    """Number of distinct non-missing codes per customer: marked in a customers x codes table of booleans when it
+    takes at most 16 bytes per row (categories, channels, small catalogues), else by sorting the pairs (far faster
+    than hashing)."""
     ok = codes >= 0
     if not ok.any():
         return np.zeros(n, np.int64)
@@ -247,8 +263,10 @@ def _distinct_per_customer(cust: np.ndarray, codes: np.ndarray, n: int) -> np.nd
         cust, codes = cust[ok], codes[ok]
     base = int(codes.max()) + 1
     pairs = cust.astype(np.int64) * base + codes
-    if n * base <= len(codes):
-        return np.count_nonzero(np.bincount(pairs, minlength=n * base).reshape(n, base), axis=1)
+    if n * base <= 16 * len(codes):
+        seen = np.zeros(n * base, bool)
+        seen[pairs] = True
+        return np.count_nonzero(seen.reshape(n, base), axis=1)
     pairs.sort()
     return np.bincount(pairs[np.r_[True, pairs[1:] != pairs[:-1]]] // base, minlength=n)
 
@@ -358,27 +376,36 @@ def _aha_counts(tx: pd.DataFrame, ev: pd.DataFrame | None, ids: np.ndarray,
     return {name: _take(values, pos) for name, values in counts.items()}
 
 
-def _attributes(customers: pd.DataFrame | None, ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Static attributes as `attr_<column>`: numbers as they are, dates as days before as-of, text as category.
+def _first_rows(codes: np.ndarray, n: int) -> np.ndarray:
+    """The first row holding each code 0..n-1 (-1 where none does)."""
+    rows = np.full(n, -1, np.int64)
+    ok = np.flatnonzero(codes >= 0)[::-1]
+    rows[codes[ok]] = ok  # the last write of a code is its first row
+    return rows
+
+
+def _attributes(customers: pd.DataFrame | None, codes: np.ndarray | None, n: int,
+                as_of: pd.Timestamp) -> pd.DataFrame:
+    """Static attributes as `attr_<column>` of the customers known by `as_of` (`codes`: each row's customer, the
+    first row of a customer counts): numbers as they are, dates as days before as-of, text as category.
 
     The column's dtype decides, never the values of the customers at hand, so that every subset of customers gets
     the same types (`features.schema.load` makes text columns of numbers numeric, deciding on the whole table)."""
     if customers is None:
-        return pd.DataFrame(index=pd.RangeIndex(len(ids)))
-    table = customers.drop_duplicates("customer_id").set_index(customers["customer_id"].astype(str))
-    table = table.drop(columns="customer_id").reindex(ids)
+        return pd.DataFrame(index=pd.RangeIndex(n))
+    rows = _first_rows(codes, n)
     out = {}
-    for col in table.columns:
-        s = table[col]
+    for col in customers.columns.drop("customer_id"):
+        s = customers[col]
         if pd.api.types.is_datetime64_any_dtype(s) or str(col).endswith("_date"):
             days = (as_of - as_utc_naive(s)).dt.total_seconds().to_numpy() / 86_400
-            out[f"attr_{col}_days"] = np.where(days >= 0, days, np.nan)
-            continue
-        if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
-            out[f"attr_{col}"] = s.to_numpy(dtype=float, na_value=np.nan)
+            out[f"attr_{col}_days"] = _take(np.where(days >= 0, days, np.nan), rows)
+        elif pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+            out[f"attr_{col}"] = _take(s.to_numpy(dtype=float, na_value=np.nan), rows)
         else:
-            out[f"attr_{col}"] = s.astype("str").where(s.notna(), None).to_numpy(dtype=object)
-    return pd.DataFrame(out, index=pd.RangeIndex(len(ids)))
+            text = s.astype("str").where(s.notna(), None).to_numpy(dtype=object)
+            out[f"attr_{col}"] = np.append(text, None)[rows]
+    return pd.DataFrame(out, index=pd.RangeIndex(n))
 
 
 def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataFrame | None = None,
@@ -417,4 +444,4 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     df.insert(0, "customer_id", pd.array(ids, dtype="str"))
     df.insert(1, "as_of", pd.Series(as_of, index=df.index).astype("datetime64[ns]"))
     aha = pd.DataFrame(_aha_counts(tx, ev, ids, params.aha_actions) if params.aha_actions else {}, index=df.index)
-    return pd.concat([df, aha, _attributes(customers, ids, as_of)], axis=1)
+    return pd.concat([df, aha, _attributes(known, rest[-1] if known is not None else None, n, as_of)], axis=1)
