@@ -42,8 +42,11 @@ def floor_seconds(tx: Path) -> float:
 def builder_seconds(d: Path) -> float:
     """Seconds of `build_features` alone on the validated inputs of world `d` (in this process; best of three,
     as the floor)."""
+    from features.memory import keep_freed_memory
     from features.pipeline import build_features
     from features.schema import load, parse_as_of
+
+    keep_freed_memory()  # as the commands do (`features.errors.run_cli`)
 
     tx, ev, cu = (load(kind, d / f"{kind}.parquet") for kind in ("transactions", "events", "customers"))
     best = float("inf")

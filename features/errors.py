@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from features.memory import keep_freed_memory
+
 __all__ = ["InputError", "run_cli"]
 
 
@@ -12,7 +14,9 @@ class InputError(ValueError):
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run a command's `main`, exiting 2 with a one-line reason (no traceback) on bad input."""
+    """Run a command's `main` (freed memory kept for reuse: `features.memory`), exiting 2 with a one-line reason (no
+    traceback) on bad input."""
+    keep_freed_memory()
     try:
         code = main(argv)
     except InputError as exc:
