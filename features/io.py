@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from features.errors import InputError
 
-__all__ = ["atomic_path", "check_output_path", "read_table", "write_csv", "write_parquet"]
+__all__ = ["atomic_path", "check_output_path", "read_table", "staged_parquet", "write_csv", "write_parquet"]
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 _SMALL_DICTIONARY = 64 * 1024  # bytes of a column chunk's dictionary page: few distinct values
@@ -107,17 +107,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def _write(df: pd.DataFrame, path: str | Path, writer: Callable[[pd.DataFrame, Path], None]) -> Path:
+@contextmanager
+def staged_parquet(df: pd.DataFrame, path: str | Path) -> Iterator[Path]:
+    """Write `df` to Parquet in a temporary beside `path`, renamed onto `path` only if the block succeeds (the batch
+    records its contacts in between); yields `path`."""
     with atomic_path(path) as tmp:
-        writer(df, tmp)
-    return Path(path)
+        df.to_parquet(tmp, index=False)
+        yield Path(path)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
     """Write `df` to Parquet atomically."""
-    return _write(df, path, lambda d, p: d.to_parquet(p, index=False))
+    with staged_parquet(df, path) as target:
+        return target
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Write `df` to CSV atomically."""
-    return _write(df, path, lambda d, p: d.to_csv(p, index=False))
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)

@@ -44,6 +44,7 @@ __all__ = [
     "run_build",
     "spark_input_errors",
     "spark_session",
+    "staged_output",
     "to_spark",
     "write_output",
 ]
@@ -352,9 +353,11 @@ def _pyarrow_fs(uri: str):
     return pafs.FileSystem.from_uri(re.sub(r"^s3a://", "s3://", uri))
 
 
-def write_parquet_dir(sdf, out: str, sort_by: str = "customer_id") -> str:
+@contextmanager
+def _staged_parquet_dir(sdf, out: str, sort_by: str) -> Iterator[str]:
     """Write a Spark frame of `to_spark` rows as a Parquet directory, one file per partition written by pandas
-    (same column types as the pandas engine's file), into a temporary directory renamed onto `out` at the end."""
+    (same column types as the pandas engine's file), into a temporary directory moved onto `out` only if the block
+    succeeds; yields `out`."""
     fs, path = _pyarrow_fs(out.rstrip("/"))
     tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}"
     fs.create_dir(tmp, recursive=True)
@@ -373,6 +376,7 @@ def write_parquet_dir(sdf, out: str, sort_by: str = "customer_id") -> str:
 
     try:
         sdf.mapInPandas(write, "rows long").collect()
+        yield out
         try:
             fs.delete_dir(path)
         except (FileNotFoundError, OSError):
@@ -383,7 +387,6 @@ def write_parquet_dir(sdf, out: str, sort_by: str = "customer_id") -> str:
             fs.delete_dir(tmp)
         except (FileNotFoundError, OSError):
             pass
-    return out
 
 
 def is_file_output(out: str) -> bool:
@@ -391,14 +394,25 @@ def is_file_output(out: str) -> bool:
     return not (out.endswith("/") or not _is_local(out) or Path(out).is_dir())
 
 
+@contextmanager
+def staged_output(sdf, out: str, sort_by: str = "customer_id") -> Iterator[str]:
+    """`write_output`, put in place only if the block succeeds (the batch records its contacts in between); yields
+    the path written."""
+    from features.io import staged_parquet
+
+    if is_file_output(out):
+        with staged_parquet(from_spark(sdf.toPandas(), sort_by), out) as path:
+            yield str(path)
+    else:
+        with _staged_parquet_dir(sdf, out, sort_by) as path:
+            yield path
+
+
 def write_output(sdf, out: str, sort_by: str = "customer_id") -> str:
     """`--out x.parquet`: ONE file like the pandas engine's (rows collected to the driver, sorted, written atomically);
     `--out dir/`, an existing directory or a URI: a Parquet directory written by the executors."""
-    from features.io import write_parquet
-
-    if not is_file_output(out):
-        return write_parquet_dir(sdf, out, sort_by)
-    return str(write_parquet(from_spark(sdf.toPandas(), sort_by), out))
+    with staged_output(sdf, out, sort_by) as path:
+        return path
 
 
 def run_build(transactions: str, as_of: pd.Timestamp, out: str, events: str | None = None,

@@ -1,19 +1,28 @@
 """The nightly batch: score every customer as of a date with the model loaded in-process, decide, write Parquet.
 
-Inputs are validated before the model is loaded (bad input fails fast, nothing is written); the output is written
-atomically; the same inputs give the same file (decisions use contacts before as-of only, and a re-run replaces its
-own contacts in the log); each run is logged to MLflow (experiment `kairos-batch`).
+Inputs are validated before the model is loaded (bad input fails fast, nothing is written); the outputs are written
+to temporaries, renamed into place only after the nudges are recorded in the contact log, so a failed run leaves
+neither (should a rename fail after that, the contacts stay: those customers are held, not nudged twice, until the
+re-run replaces them); the same inputs give the same file (decisions use contacts before as-of only, and a re-run
+replaces its own contacts in the log); each run is logged to MLflow (experiment `kairos-batch`).
 """
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-__all__ = ["BatchOptions", "check_outputs", "decision_summary", "log_run", "output_path", "run_batch"]
+if TYPE_CHECKING:
+    from serving.contact_log import ContactLog
+
+__all__ = ["BatchOptions", "check_outputs", "contact_log_errors", "decision_summary", "log_run", "output_path",
+           "record_contacts", "run_batch"]
 
 
 @dataclass
@@ -48,7 +57,7 @@ def output_path(out: str | Path, as_of: pd.Timestamp, partition_by_date: bool) -
 def run_batch(opt: BatchOptions) -> dict:
     """Run the batch; returns a summary (path, counts, model version, fingerprint, seconds)."""
     from features.errors import InputError
-    from features.io import write_parquet
+    from features.io import staged_parquet
     from features.pipeline import build_features
     from features.schema import load, parse_as_of
     from serving.contact_log import ContactLog, split_own_run
@@ -67,7 +76,8 @@ def run_batch(opt: BatchOptions) -> dict:
         if opt.budget < 0:
             raise InputError(f"--budget {opt.budget}: must not be negative")
         config = replace(config, budget=opt.budget)
-    log = ContactLog()  # a bad KAIROS_CONTACT_DB fails here, before any work
+    with contact_log_errors("open it"):  # a bad KAIROS_CONTACT_DB fails here, before any work
+        log = ContactLog()
     _say(f"loading inputs as of {as_of}")
     inputs = Inputs(load("transactions", opt.transactions), load("events", opt.events), load("customers", opt.customers))
     _say(f"building features for {inputs.transactions['customer_id'].nunique():,} customers "
@@ -82,7 +92,8 @@ def run_batch(opt: BatchOptions) -> dict:
     # the contact time of this run's nudges, and the decision time (so that a nudge exactly `cooldown_days` before
     # is within the cooldown, as the stored, microsecond contact times compare); a re-run ignores (and replaces) them
     sent_at = as_of.floor("us")
-    history, _ = split_own_run(log.history(feats["customer_id"].tolist(), since), sent_at)
+    with contact_log_errors("read the past contacts"):
+        history, _ = split_own_run(log.history(feats["customer_id"].tolist(), since), sent_at)
     _say(f"scoring {len(feats):,} customers with model version {version} "
          f"({len(history):,} past contacts; new customers eligible from day {config.delay_days:g})")
     t1 = time.perf_counter()
@@ -95,11 +106,11 @@ def run_batch(opt: BatchOptions) -> dict:
                                   [(a, c, n) for (a, c), n in counts.items()], config.channels),
                "model_version": version, "score_seconds": round(score_s, 3),
                "timing": {"delay_days": config.delay_days, **config.timing}, **fingerprint(inputs, as_of)}
-    write_parquet(scores, out)
-    if opt.features_out:
-        write_parquet(feats, opt.features_out)
-    summary["recorded_contacts"] = log.record(scores, sent_at, "batch", config.channels, replace_same_run=True) \
-        if opt.record else 0
+    with ExitStack() as staged:  # the outputs are put in place after the nudges are recorded
+        staged.enter_context(staged_parquet(scores, out))
+        if opt.features_out:
+            staged.enter_context(staged_parquet(feats, opt.features_out))
+        summary["recorded_contacts"] = record_contacts(log, scores, sent_at, config.channels) if opt.record else 0
     log.close()
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if opt.log_mlflow:
@@ -119,6 +130,31 @@ def check_outputs(out: str | Path, features_out: str | None, files: list[str | P
         raise InputError(f"--features-out {features_out}: the same path as --out; the features need a file of their own")
     for path in files:
         check_output_path(path)
+
+
+@contextmanager
+def contact_log_errors(doing: str) -> Iterator[None]:
+    """A failure of the contact database while `doing` (locked, read-only, corrupt, unreachable) as an InputError
+    naming it; the batch's outputs are not in place yet."""
+    import sqlalchemy as sa
+
+    from features.errors import InputError
+    from serving.contact_log import default_url
+
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        db = sa.engine.make_url(default_url()).render_as_string(hide_password=True)
+        why = " ".join(str(getattr(exc, "orig", None) or exc).split())[:160]
+        raise InputError(f"contact database {db}: cannot {doing} ({type(exc).__name__}: {why}); "
+                         f"no output was written") from None
+
+
+def record_contacts(log: ContactLog, decisions: pd.DataFrame, sent_at: pd.Timestamp, costs: dict[str, float]) -> int:
+    """Record a run's nudges as sent by the batch at `sent_at`, replacing its own earlier attempt's; returns how many.
+    Called before the outputs are put in place: a failure is an InputError and leaves no output."""
+    with contact_log_errors("record this run's nudges"):
+        return log.record(decisions, sent_at, "batch", costs, replace_same_run=True)
 
 
 def decision_summary(nudge_channels: pd.Series, counts: list[tuple[str, str | None, int]],

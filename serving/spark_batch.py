@@ -9,14 +9,15 @@
    deserializes it once, and executors need no access to the MLflow store (a sqlite store on the driver, or
    credentials of a tracking server). Each batch of customers goes through `serving.scoring.score_features`:
    the same model, the same policy, the same reasons.
-4. Output as the pandas engine (one file, or a directory for `--out dir/` or a URI); the nudges are recorded in the
-   contact log from the driver.
+4. Output as the pandas engine (one file, or a directory for `--out dir/` or a URI), written to a temporary and
+   put in place only once the nudges are recorded in the contact log from the driver (as the pandas engine).
 `--budget` is not supported on Spark yet (it is one greedy pass over all customers by priority).
 """
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import ExitStack
 
 import pandas as pd
 
@@ -69,9 +70,9 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         read_inputs,
         spark_input_errors,
         spark_session,
-        write_output,
+        staged_output,
     )
-    from serving.batch import check_outputs, decision_summary, log_run, output_path
+    from serving.batch import check_outputs, contact_log_errors, decision_summary, log_run, output_path, record_contacts
     from serving.contact_log import ContactLog, split_own_run
     from serving.policy import load_policy, resolve_timing
 
@@ -86,13 +87,15 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
     if opt.budget is not None or config.budget is not None:
         raise InputError("--budget is not supported with --engine spark (one greedy pass over all customers); "
                          "run the budgeted batch with --engine pandas")
-    log = ContactLog()  # a bad KAIROS_CONTACT_DB fails here, before any work
+    with contact_log_errors("open it"):  # a bad KAIROS_CONTACT_DB fails here, before any work
+        log = ContactLog()
     spark = spark_session(master)
     _say(f"reading inputs as of {as_of} on {spark.sparkContext.master}")
     inputs = read_inputs(spark, opt.transactions, opt.events, opt.customers)
     feats = build_features_spark(spark, inputs, as_of, partitions, config.feature_params)
     feats = feats.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
+    with ExitStack() as staged:  # outputs put in place after the nudges are recorded, then the features unpersisted
+        staged.callback(feats.unpersist)
         with spark_input_errors():
             n = feats.count()
             if n == 0:
@@ -108,7 +111,8 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         model_bc = spark.sparkContext.broadcast(model)
         since = as_of - pd.Timedelta(days=max(config.cooldown_days, config.cap_window_days) + 1)
         sent_at = as_of.floor("us")
-        history, earlier = split_own_run(log.history(None, since), sent_at)
+        with contact_log_errors("read the past contacts"):
+            history, earlier = split_own_run(log.history(None, since), sent_at)
         history = history[["customer_id", "timestamp"]]
         _say(f"scoring {n:,} customers with model version {version} ({len(history):,} past contacts)")
         t1 = time.perf_counter()
@@ -129,15 +133,12 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
                    "model_version": version, "timing": {"delay_days": config.delay_days, **config.timing},
                    "engine": "spark", "data_hash": f"spark-{data_rows}", "data_rows": int(data_rows),
                    "as_of": str(as_of)}
-        summary["out"] = write_output(scores, out)
+        summary["out"] = staged.enter_context(staged_output(scores, out))
         summary["score_seconds"] = round(time.perf_counter() - t1, 3)
         if opt.features_out:
-            write_output(feats, opt.features_out)
-    finally:
-        feats.unpersist()
-    run = pd.concat([nudges, pd.DataFrame({"customer_id": replaced, "action": "hold"})], ignore_index=True)
-    summary["recorded_contacts"] = log.record(run, sent_at, "batch", config.channels, replace_same_run=True) \
-        if opt.record else 0
+            staged.enter_context(staged_output(feats, opt.features_out))
+        run = pd.concat([nudges, pd.DataFrame({"customer_id": replaced, "action": "hold"})], ignore_index=True)
+        summary["recorded_contacts"] = record_contacts(log, run, sent_at, config.channels) if opt.record else 0
     log.close()
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if opt.log_mlflow:

@@ -464,6 +464,73 @@ def test_a_failed_write_leaves_no_file(world, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_batch_records_the_nudges_before_its_outputs_appear(world, tmp_path, monkeypatch):
+    from serving.contact_log import ContactLog
+
+    monkeypatch.setenv("KAIROS_CONTACT_DB", f"sqlite:///{tmp_path}/contacts.db")
+    out, feats = tmp_path / "out" / "s.parquet", tmp_path / "out" / "f.parquet"
+    record, seen = ContactLog.record, []
+
+    def look_then_record(self, *args, **kw):
+        seen.append(sorted(p.name for p in out.parent.iterdir()))
+        return record(self, *args, **kw)
+
+    monkeypatch.setattr(ContactLog, "record", look_then_record)
+    s = batch(world, out, features_out=str(feats))
+    (names,) = seen  # recorded once, while only the two temporaries existed
+    assert [n.split(".")[1] for n in names] == ["f", "s"] and all(n.endswith(".tmp") for n in names)
+    nudged = pd.read_parquet(out).query("action == 'nudge'")["customer_id"]
+    assert feats.exists() and s["recorded_contacts"] == len(nudged) > 0
+    assert sorted(ContactLog().history()["customer_id"]) == sorted(nudged)
+    s = batch(world, tmp_path / "t.parquet", record=False)  # --no-record: the output, the log untouched
+    assert (tmp_path / "t.parquet").exists() and s["recorded_contacts"] == 0 and len(seen) == 1
+
+
+@pytest.mark.parametrize("damage", ["refuses new contacts", "corrupt"])
+def test_a_failing_contact_log_is_a_one_line_error_and_leaves_no_output(world, tmp_path, monkeypatch, capsys, damage):
+    import sqlite3
+    from contextlib import closing
+
+    from features.errors import run_cli
+    from serving.__main__ import main
+    from serving.contact_log import ContactLog
+
+    db = tmp_path / "contacts.db"
+    monkeypatch.setenv("KAIROS_CONTACT_DB", f"sqlite:///{db}")
+    if damage == "corrupt":
+        db.write_bytes(b"not a database " * 100)
+    else:  # as a read-only or locked database does, SQLite refuses the insert (the scores were written before it)
+        ContactLog().close()
+        with closing(sqlite3.connect(db)) as con:
+            con.execute("CREATE TRIGGER refuse BEFORE INSERT ON contacts BEGIN SELECT RAISE(ABORT, 'no writes'); END")
+            con.commit()
+    p, d = world.paths, tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, ["batch", "--transactions", str(p["transactions"]), "--events", str(p["events"]),
+                       "--customers", str(p["customers"]), "--as-of", AS_OF, "--out", str(d / "s.parquet"),
+                       "--features-out", str(d / "f.parquet")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"error: contact database sqlite:///{db}: cannot ")
+    assert not d.exists() or not any(d.iterdir())
+
+
+def test_a_failed_rename_after_recording_keeps_the_contacts_and_the_rerun_replaces_them(world, tmp_path, monkeypatch):
+    from serving.contact_log import ContactLog
+
+    def refused(src, dst):
+        raise PermissionError(f"{dst}: permission denied")
+
+    monkeypatch.setenv("KAIROS_CONTACT_DB", f"sqlite:///{tmp_path}/contacts.db")
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", refused)
+        with pytest.raises(PermissionError):
+            batch(world, tmp_path / "s.parquet")
+    kept = ContactLog().history()  # as if sent: these customers are held, not nudged twice
+    assert not (tmp_path / "s.parquet").exists() and len(kept) > 0
+    assert batch(world, tmp_path / "s.parquet")["recorded_contacts"] == len(ContactLog().history()) == len(kept)
+
+
 def test_a_killed_write_leaves_no_partial_file(tmp_path):
     code = ("import os, signal, sys\nfrom features.io import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'PAR1 half')\n"

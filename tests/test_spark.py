@@ -134,6 +134,34 @@ def test_a_spark_rerun_replaces_its_own_earlier_contacts_and_keeps_other_runs(sp
     assert held not in set(batch["customer_id"]) and "OTHER-DATA-SET" in set(batch["customer_id"])
 
 
+def test_a_spark_batch_puts_its_outputs_in_place_once_the_nudges_are_recorded(spark, store, tmp_path, monkeypatch):
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from serving.batch import BatchOptions
+    from serving.contact_log import ContactLog
+    from serving.spark_batch import run_batch_spark
+
+    def locked(self, *args, **kw):
+        raise sa.exc.OperationalError("INSERT INTO contacts", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setenv("KAIROS_CONTACT_DB", f"sqlite:///{tmp_path}/contacts.db")
+    paths, d = store.world, tmp_path / "out"
+    opts = BatchOptions(out=f"{d}/s/", features_out=str(d / "f.parquet"), transactions=str(paths["transactions"]),
+                        events=str(paths["events"]), customers=str(paths["customers"]), as_of=AS_OF,
+                        log_mlflow=False, reasons="none")
+    with monkeypatch.context() as m, pytest.raises(
+            InputError, match="contact database sqlite:///.*: cannot record .*database is locked"):
+        m.setattr(ContactLog, "record", locked)
+        run_batch_spark(opts, MASTER, 3)
+    assert not any(d.iterdir())  # neither the scores directory nor the features file, nor their temporaries
+    s = run_batch_spark(opts, MASTER, 3)
+    nudges = (pd.read_parquet(d / "s")["action"] == "nudge").sum()
+    assert sorted(p.name for p in d.iterdir()) == ["f.parquet", "s"]
+    assert s["recorded_contacts"] == len(ContactLog().history()) == nudges > 0
+
+
 def test_bad_input_on_spark_is_one_line_and_writes_nothing(spark, tmp_path):
     from features.__main__ import main
     from serving.__main__ import main as serving_main
