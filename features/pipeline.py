@@ -71,29 +71,26 @@ def _factorized(values: pd.Series, sort: bool = False) -> tuple[np.ndarray, pd.I
     return codes.astype(np.int64), pd.Index(uniques)
 
 
-def _texts(values: pd.Index) -> pa.LargeStringArray:
-    """The values of an index of ids as Arrow text."""
-    return pa.array(pd.Series(values.astype("str"), copy=False)).cast(pa.large_string())
-
-
-def _index_in(texts: pa.Array, ids: pa.Array) -> np.ndarray:
-    """Position of each of `texts` in `ids` (-1 where absent), hashed in Arrow."""
-    return pc.fill_null(pc.index_in(texts, value_set=ids), -1).to_numpy().astype(np.int64)
-
-
 def customer_codes(*id_columns: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
     """Sorted ids of the union of `id_columns`, and each column's codes into them.
 
-    Each column is factorized once (a validated column is a categorical: its own codes); only its distinct ids
-    are hashed, sorted and matched, as Arrow text (byte order of UTF-8 is code-point order, Python's)."""
+    Each column is factorized once (a validated column is a categorical: its own codes); only the distinct ids are
+    hashed (one Arrow dictionary encoding of them all) and sorted (UTF-8 byte order is code-point order, Python's)."""
     factorized = [_factorized(c) for c in id_columns]
-    texts = [_texts(uniques) for _, uniques in factorized]
-    used = [text.filter(np.bincount(codes[codes >= 0], minlength=len(text)) > 0)
-            for (codes, _), text in zip(factorized, texts)]
-    union = pc.unique(pa.concat_arrays(used))
-    ids = union.take(pc.sort_indices(union))
-    return (np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object),
-            [np.append(_index_in(text, ids), -1)[codes] for (codes, _), text in zip(factorized, texts)])
+    texts = [pa.array(pd.Series(u.astype("str"), copy=False)).cast(pa.large_string()) for _, u in factorized]
+    encoded = pc.dictionary_encode(pa.concat_arrays(texts))
+    entries = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    entry = np.split(entries, np.cumsum([len(t) for t in texts])[:-1])  # each column's distinct ids' entries
+    used = np.zeros(len(encoded.dictionary), bool)
+    for (codes, _), e in zip(factorized, entry):
+        used[e[np.bincount(codes[codes >= 0], minlength=len(e)) > 0]] = True
+    kept = np.flatnonzero(used)
+    ids = encoded.dictionary.take(kept)
+    order = pc.sort_indices(ids).to_numpy()
+    position = np.full(len(used), -1, np.int64)  # entry -> rank among the sorted ids (-1: unused)
+    position[kept[order]] = np.arange(len(kept))
+    return (np.asarray(ids.take(order).to_numpy(zero_copy_only=False), dtype=object),
+            [np.append(position[e], -1)[codes] for (codes, _), e in zip(factorized, entry)])
 
 
 def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataFrame | None = None,
@@ -107,10 +104,39 @@ def population(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.DataF
 
 
 def _group_min(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
-    """Minimum of the int64 `values` of each group 0..n-1 (every group has a row)."""
-    out = np.full(n, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(out, groups, values.astype(np.int64, copy=False))
+    """Minimum of the int64 `values` of each group 0..n-1 (every group has a row): one value per group written,
+    then the rows below their group's value folded in (few where a group's rows mostly agree: an order's lines)."""
+    values = values.astype(np.int64, copy=False)
+    out = np.empty(n, np.int64)
+    out[groups] = values
+    lower = values < out[groups]
+    if lower.any():
+        np.minimum.at(out, groups[lower], values[lower])
     return out
+
+
+def _per_group(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """The value of each group 0..n-1 of a column that is constant within groups (every group has a row)."""
+    out = np.empty(n, values.dtype)
+    out[groups] = values
+    return out
+
+
+def _sorted_orders(cust: np.ndarray, ts: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Order of rows by customer, time and key (unique triples). One quicksort of (customer, time) packed into an
+    integer, when the packing keeps the times to about a second, and checked; if times collided in the packing out
+    of order, or rows of one customer share a time, the exact three-key lexsort."""
+    if len(cust) > 1:
+        t0 = int(ts.min())
+        time_bits = 63 - max(int(cust.max()), 1).bit_length()
+        shift = max((int(ts.max()) - t0).bit_length() - time_bits, 0)
+        if shift <= 30:  # 2**30 ns: about a second
+            order = np.argsort((cust << time_bits) | ((ts - t0) >> shift))
+            c, t, k = cust[order], ts[order], key[order]
+            same = c[1:] == c[:-1]
+            if not (same & ((t[1:] < t[:-1]) | ((t[1:] == t[:-1]) & (k[1:] < k[:-1])))).any():
+                return order
+    return np.lexsort((key, ts, cust))
 
 
 def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> pd.Categorical | None:
@@ -159,12 +185,11 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
         key2[no_id] = key2.max() + 1 + pd.factorize(ts[no_id], sort=True)[0]
     line_order = _line_orders(cust, key2, by_id)
     n = int(line_order.max()) + 1 if len(tx) else 0
-    first_line = _group_min(np.arange(len(tx)), line_order, n)
     order_ts = _group_min(ts, line_order, n)
-    order_cust = cust[first_line] if n else np.zeros(0, np.int64)
+    order_cust, order_key = _per_group(cust, line_order, n), _per_group(key2, line_order, n)  # fixed in an order
     # orders sorted by customer and time; ties between orders of one customer at one time are broken by order key,
     # so row order never matters. Lines map to their order's rank, so the sums below come out sorted.
-    order = np.lexsort((key2[first_line], order_ts, order_cust))
+    order = _sorted_orders(order_cust, order_ts, order_key)
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     line_order = rank[line_order]
@@ -403,8 +428,8 @@ def _attributes(customers: pd.DataFrame | None, codes: np.ndarray | None, n: int
         elif pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
             out[f"attr_{col}"] = _take(s.to_numpy(dtype=float, na_value=np.nan), rows)
         else:
-            text = s.astype("str").where(s.notna(), None).to_numpy(dtype=object)
-            out[f"attr_{col}"] = np.append(text, None)[rows]
+            codes, values = _factorized(s)  # each distinct text made a string once
+            out[f"attr_{col}"] = np.append(values.astype("str").to_numpy(dtype=object), None)[np.append(codes, -1)[rows]]
     return pd.DataFrame(out, index=pd.RangeIndex(n))
 
 
