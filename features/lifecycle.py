@@ -14,11 +14,27 @@ Moments that matter (`moment_triggers`), emitted for automation systems when the
 `lookback_days` before as-of (default 1: since the previous nightly run):
 - `opt_in`: a `newsletter_optin` event;
 - `first_communication`: the customer was first seen (first transaction or event) and has not been contacted since;
-- `first_purchase`: the first purchase; `repeat_purchase`: any further purchase;
-- `reactivated`: a purchase after a gap longer than `new_days` (the customer had been at risk or lapsed);
+- `first_purchase`: the first purchase, when the customer's first order of any kind came within the lookback too;
+  `repeat_purchase`: any further purchase;
+- `reactivated`: a purchase after a gap longer than `new_days` (the customer had been at risk or lapsed), also when
+  more purchases followed within the lookback;
 - `reactivation_due`: the customer has just become `at_risk` or `lapsed` by the rules above (no purchase since);
-- `became_loyal`: the `loyal_orders`-th purchase; `first_advocacy`: the first referral or review (the way to
-  brand ambassador).
+- `became_loyal`: the `loyal_orders`-th purchase, also when more purchases followed within the lookback (the count
+  crossed the threshold); `first_advocacy`: the first referral or review (the way to brand ambassador).
+
+A full refund booked on an order (its net falls to zero or below) takes the order out of the purchases from the
+refund's time on; the moments follow what happened within the lookback:
+- a refund is no purchase moment, and the refunded first order stays the customer's first order: a later purchase
+  is a `repeat_purchase`, never a second `first_purchase` (so is a purchase after a return, of a purchase from
+  before the data);
+- purchases are counted, and gaps measured, among the purchases that stand at as-of: a purchase that reaches
+  `loyal_orders` again after a refund is `became_loyal` again, and one after a gap left by a refunded order is
+  `reactivated`;
+- a refund that puts the customer into `at_risk` or `lapsed` (a stage the time rule on the remaining purchases
+  reached earlier) fires `reactivation_due` at the refund, once; a refund that leaves the stage as it was fires
+  nothing (unless the time rule on the remaining purchases is crossed within the same lookback).
+The features these need are point-in-time (`features.spec`: `days_since_first_order`, `days_since_loyal_order`,
+`days_since_comeback`, `days_since_refund_at_risk`), so any lookback works on one feature row.
 """
 from __future__ import annotations
 
@@ -28,14 +44,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["STAGES", "TRIGGERS", "TRIGGER_COLUMNS", "StageRules", "lifecycle_stage", "moment_triggers", "scored_stage"]
+__all__ = ["STAGES", "TRIGGERS", "TRIGGER_COLUMNS", "StageRules", "lifecycle_stage", "moment_triggers", "scored_stage",
+           "stages_of"]
 
 STAGES: tuple[str, ...] = ("prospect", "new", "repeat", "loyal", "at_risk", "lapsed")
 TRIGGERS: tuple[str, ...] = ("opt_in", "first_communication", "first_purchase", "repeat_purchase", "reactivated",
                              "reactivation_due", "became_loyal", "first_advocacy")
 TRIGGER_COLUMNS: tuple[str, ...] = ("n_orders", "recency_days", "tenure_days", "recency_over_gap", "gap_mean_days",
-                                    "last_gap_days", "n_referral", "n_review", "days_since_first_seen",
-                                    "days_since_optin", "days_since_first_advocacy")
+                                    "n_referral", "n_review", "days_since_first_seen", "days_since_optin",
+                                    "days_since_first_advocacy", "days_since_first_order", "days_since_loyal_order",
+                                    "days_since_comeback", "days_since_refund_at_risk")
 
 
 @dataclass(frozen=True)
@@ -49,8 +67,8 @@ class StageRules:
     at_risk_probability: float = 0.1
 
 
-def _stages(n: np.ndarray, rec: np.ndarray, overdue: np.ndarray, advocacy: np.ndarray,
-            rules: StageRules) -> np.ndarray:
+def stages_of(n: np.ndarray, rec: np.ndarray, overdue: np.ndarray, advocacy: np.ndarray,
+              rules: StageRules) -> np.ndarray:
     """The stage rules (module doc) on arrays: orders, recency, recency over the usual gap, referrals + reviews."""
     at_risk = ((n == 1) & (rec > rules.new_days)) | (
         (n >= 2) & (rec > rules.new_days) & (np.nan_to_num(overdue) > rules.overdue_factor))
@@ -61,9 +79,9 @@ def _stages(n: np.ndarray, rec: np.ndarray, overdue: np.ndarray, advocacy: np.nd
 
 def lifecycle_stage(features: pd.DataFrame, rules: StageRules = StageRules()) -> pd.Series:
     """Return the stage of each row of `features` (needs n_orders, recency_days, recency_over_gap, n_referral, n_review)."""
-    stage = _stages(features["n_orders"].to_numpy(dtype=float), features["recency_days"].to_numpy(dtype=float),
-                    features["recency_over_gap"].to_numpy(dtype=float),
-                    features["n_referral"].to_numpy(dtype=float) + features["n_review"].to_numpy(dtype=float), rules)
+    stage = stages_of(features["n_orders"].to_numpy(dtype=float), features["recency_days"].to_numpy(dtype=float),
+                      features["recency_over_gap"].to_numpy(dtype=float),
+                      features["n_referral"].to_numpy(dtype=float) + features["n_review"].to_numpy(dtype=float), rules)
     return pd.Series(stage, index=features.index, name="lifecycle_stage")
 
 
@@ -98,18 +116,20 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: i
     n, rec, gap = col("n_orders"), col("recency_days"), col("gap_mean_days")
     recent = rec < lookback_days
     quiet = rec >= lookback_days  # no purchase within the lookback: the stage a lookback ago follows from recency
+    # (unless a refund within it changed the purchases: days_since_refund_at_risk)
     advocacy = col("n_referral") + col("n_review")
-    stage = _stages(n, rec, col("recency_over_gap"), advocacy, rules)
-    earlier = _stages(n, rec - lookback_days, (rec - lookback_days) / gap, advocacy, rules)
+    stage = stages_of(n, rec, col("recency_over_gap"), advocacy, rules)
+    earlier = stages_of(n, rec - lookback_days, (rec - lookback_days) / gap, advocacy, rules)
     fired = {
         "opt_in": col("days_since_optin") < lookback_days,
         "first_communication": (col("days_since_first_seen") < lookback_days) & (
             True if contacted is None else ~np.asarray(contacted, bool)),
-        "first_purchase": col("tenure_days") < lookback_days,
-        "repeat_purchase": (n >= 2) & recent,
-        "reactivated": (n >= 2) & recent & (col("last_gap_days") > rules.new_days),
-        "reactivation_due": quiet & np.isin(stage, ("at_risk", "lapsed")) & (stage != earlier),
-        "became_loyal": (n == rules.loyal_orders) & recent,
+        "first_purchase": (col("tenure_days") < lookback_days) & (col("days_since_first_order") < lookback_days),
+        "repeat_purchase": recent & ((n >= 2) | (col("days_since_first_order") >= lookback_days)),
+        "reactivated": col("days_since_comeback") < lookback_days,
+        "reactivation_due": quiet & np.isin(stage, ("at_risk", "lapsed")) & (  # by time, or by a refund
+            (stage != earlier) | (col("days_since_refund_at_risk") < lookback_days)),
+        "became_loyal": col("days_since_loyal_order") < lookback_days,
         "first_advocacy": col("days_since_first_advocacy") < lookback_days,
     }
     out = np.full(n_rows, None, dtype=object)

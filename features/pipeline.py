@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.lifecycle import StageRules, lifecycle_stage
+from features.lifecycle import StageRules, lifecycle_stage, stages_of
 from features.schema import as_utc_naive
 from features.spec import EVENT_TYPES, FEATURE_DOCS, WINDOWS
 
@@ -272,6 +272,59 @@ def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _purchase_moments(orders: pd.DataFrame, n: int, as_of_ns: int, rules: StageRules) -> dict[str, np.ndarray]:
+    """Days since the purchases of two moments (`features.lifecycle`): the `loyal_orders`-th purchase, and the last
+    purchase that came more than `new_days` after the previous one (a comeback)."""
+    buy = orders["amount"].to_numpy() > 0
+    c, ts = orders["cust"].to_numpy()[buy], orders["ts"].to_numpy()[buy].astype(float)
+    loyal = np.where(np.bincount(c, minlength=n) >= rules.loyal_orders, _group_first(c, n) + rules.loyal_orders - 1, -1)
+    comeback = (np.diff(c, prepend=-1) == 0) & (np.diff(ts, prepend=np.nan) > rules.new_days * DAY_NS)
+    return {"days_since_loyal_order": (as_of_ns - _take(ts, loyal)) / DAY_NS,
+            "days_since_comeback": (as_of_ns - _per_customer(np.maximum, c[comeback], ts[comeback], n)) / DAY_NS}
+
+
+def _refund_times(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame) -> np.ndarray:
+    """When each order was refunded in full: the time at which its running net last fell from above zero to zero or
+    below (NaN for purchases and for orders whose net was never positive, such as returns)."""
+    out = np.full(len(orders), np.nan)
+    lines = np.flatnonzero(orders["amount"].to_numpy()[line_order] <= 0)  # the lines of orders that are no purchase
+    if not len(lines):
+        return out
+    net = pd.Series(tx["amount"].to_numpy(dtype=float)[lines]).groupby(
+        [line_order[lines], _ns(tx["timestamp"])[lines]]).sum()  # by order, then time
+    run = net.groupby(level=0).cumsum().to_numpy()
+    order, ts = (net.index.get_level_values(i).to_numpy() for i in (0, 1))
+    fell = np.r_[False, (order[1:] == order[:-1]) & (run[:-1] > 0)] & (run <= 0)
+    np.fmax.at(out, order[fell], ts[fell].astype(float))
+    return out
+
+
+def _stage_at(orders: pd.DataFrame, keep: np.ndarray, at_ns: np.ndarray, n: int, rules: StageRules) -> np.ndarray:
+    """The stage (`features.lifecycle`) of each customer at `at_ns` if its purchases were the orders `keep`
+    (no advocacy: it decides neither at_risk nor lapsed)."""
+    c, ts = orders["cust"].to_numpy()[keep], orders["ts"].to_numpy()[keep].astype(float)
+    k = np.bincount(c, minlength=n)
+    last = _per_customer(np.maximum, c, ts, n)
+    rec = (at_ns - last) / DAY_NS
+    gap = _ratio((last - _per_customer(np.minimum, c, ts, n)) / DAY_NS, k - 1.0)
+    return stages_of(k, rec, _ratio(rec, gap), np.zeros(n), rules)
+
+
+def _days_since_refund_risk(orders: pd.DataFrame, refunded: np.ndarray, n: int, as_of_ns: int,
+                            rules: StageRules) -> np.ndarray:
+    """Days since the customer's last full refund put them into the at_risk or lapsed stage they are in now
+    (NaN when the stage came by time alone): the stage right after that refund is today's, the stage of the
+    purchases just before it (the refunded orders still standing) was another."""
+    oc, done = orders["cust"].to_numpy(), ~np.isnan(refunded)
+    last_refund = _per_customer(np.maximum, oc[done], refunded[done], n)
+    buy = (orders["amount"].to_numpy() > 0) & ~np.isnan(last_refund[oc])  # customers without a refund: prospects
+    now = _stage_at(orders, buy, np.full(n, float(as_of_ns)), n, rules)
+    after = _stage_at(orders, buy, last_refund, n, rules)
+    before = _stage_at(orders, buy | (refunded == last_refund[oc]), last_refund, n, rules)
+    moved = np.isin(now, ("at_risk", "lapsed")) & (after == now) & (before != now)
+    return np.where(moved, (as_of_ns - last_refund) / DAY_NS, np.nan)
+
+
 def _codes_of(values: pd.Series) -> np.ndarray:
     """Integer codes of a column (-1 for missing), factorized once and then indexed, never the strings."""
     return _factorized(values)[0]
@@ -461,6 +514,10 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     ev_cust = rest[0] if ev is not None else None
     feats.update(_engagement(ev, ev_cust, first_ts, n, as_of_ns))
     feats["days_since_first_seen"] = (as_of_ns - np.fmin(first_row, feats.pop("_first_event_ts"))) / DAY_NS
+    feats["days_since_first_order"] = (as_of_ns - first_row) / DAY_NS
+    feats.update(_purchase_moments(orders, n, as_of_ns, params.stage_rules))
+    feats["days_since_refund_at_risk"] = _days_since_refund_risk(orders, _refund_times(tx, line_order, orders), n,
+                                                                 as_of_ns, params.stage_rules)
     df = pd.DataFrame({name: feats[name] for name in FEATURE_DOCS if name in feats})
     for col in df.columns:
         if df[col].dtype.kind in "iub":

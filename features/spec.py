@@ -60,6 +60,13 @@ FEATURE_DOCS: dict[str, str] = {
     "days_since_first_seen": "days from the customer's first row (transaction or event) to as-of",
     "days_since_optin": "days from the last 'newsletter_optin' event to as-of",
     "days_since_first_advocacy": "days from the first referral or review to as-of",
+    # lifecycle moments (`features.lifecycle.moment_triggers`; thresholds of `FeatureParams.stage_rules`)
+    "days_since_first_order": "days from the first order of any kind (a purchase, a return, a purchase since refunded "
+                              "in full) to as-of",
+    "days_since_loyal_order": "days from the `loyal_orders`-th purchase (the 5th) to as-of (empty with fewer)",
+    "days_since_comeback": "days from the last purchase that came more than `new_days` (90) after the previous one",
+    "days_since_refund_at_risk": "days from the full refund that put the customer into today's at_risk or lapsed "
+                                 "stage (empty when the stage came by time alone)",
     # lifecycle
     "lifecycle_stage": "stage as of the date, by the rules of features.lifecycle (categorical)",
 }

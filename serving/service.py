@@ -74,6 +74,7 @@ class Kairos:
     """Next-best-action scoring: the champion model, the feature snapshot, the policy and the contact log."""
 
     def __init__(self) -> None:
+        from features.lifecycle import TRIGGER_COLUMNS
         from serving.contact_log import ContactLog
         from serving.policy import load_policy, required_columns, resolve_timing
         from serving.scoring import load_model
@@ -95,6 +96,10 @@ class Kairos:
         if missing:
             log.warning("the snapshot lacks the Aha-rule counts %s: look-ups get no Aha message (build it with "
                         "--aha-rules)", ", ".join(missing))
+        stale = [c for c in TRIGGER_COLUMNS if snapshot is not None and c not in snapshot.cols]
+        if stale:
+            log.warning("the snapshot lacks the moment columns %s (built by an older version): look-ups miss the "
+                        "moments that need them (build it again)", ", ".join(stale))
         self.scorer = Scorer(model, version, config, snapshot, ContactLog())
         self._recording = threading.Lock()
         log.info("kairos ready: model version %s, %d customers in the snapshot, new customers eligible from day %g, "

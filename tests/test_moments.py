@@ -67,6 +67,43 @@ def test_a_longer_lookback_catches_the_moments_of_a_missed_night(moments):
         "first_communication,first_purchase"
 
 
+def triggers_of(rows: list[tuple[str, str, float, str]], day: str = "2024-06-30") -> dict[str, str | None]:
+    """The moments of each customer on `day` (lookback 1 day) of hand-made (customer, time, amount, order) lines."""
+    tx = validate(pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount", "order_id"]), "transactions")
+    feats = build_features(tx, parse_as_of(day)).set_index("customer_id")
+    return dict(zip(feats.index, moment_triggers(feats, len(feats), lookback_days=1)))
+
+
+def test_the_loyal_order_counts_when_several_orders_of_one_day_cross_it():
+    before = [(c, f"2024-0{m}-15 10:00", 20.0, f"{c}{m}") for c in "LM" for m in range(2, 6)]  # four orders each
+    got = triggers_of([*before, ("L", "2024-06-30 09:00", 20.0, "L6"), ("L", "2024-06-30 11:00", 20.0, "L7"),
+                       *[("M", f"2024-06-30 1{h}:00", 20.0, f"M{h}x") for h in range(3)]])  # 4 -> 6 and 4 -> 7 orders
+    assert got == {"L": "repeat_purchase,became_loyal", "M": "repeat_purchase,became_loyal"}
+
+
+def test_a_comeback_with_two_orders_in_the_lookback_is_a_reactivation():
+    got = triggers_of([("X", "2023-12-01 10:00", 20.0, "x0"), ("X", "2024-06-30 09:00", 20.0, "x1"),
+                       ("X", "2024-06-30 15:00", 20.0, "x2")])
+    assert got == {"X": "repeat_purchase,reactivated"}
+
+
+def test_a_full_refund_of_an_old_order_is_no_new_first_purchase_and_no_lost_moment():
+    at_risk_by_refund = [("S", "2024-01-01 10:00", 20.0, "s0"), ("S", "2024-05-20 10:00", 20.0, "s1"),
+                         ("S", "2024-06-30 09:00", -20.0, "s1")]  # the last order refunded today: 181 days since s0
+    got = triggers_of([
+        ("F", "2024-05-01 10:00", 20.0, "f0"), ("F", "2024-06-30 08:00", -20.0, "f0"),  # refunded today ...
+        ("F", "2024-06-30 10:00", 30.0, "f1"),                                        # ... and a new order today
+        ("G", "2024-05-01 10:00", 20.0, "g0"), ("G", "2024-05-10 10:00", -20.0, "g0"),  # refunded long ago
+        ("G", "2024-06-30 10:00", 30.0, "g1"),
+        *at_risk_by_refund,
+        ("T", "2023-12-01 10:00", 20.0, "t0"), ("T", "2024-01-01 10:00", 20.0, "t1"),  # at risk since April ...
+        ("T", "2024-06-30 09:00", -20.0, "t0"),                                       # ... before this refund
+        ("U", "2024-06-29 10:00", 20.0, "u0"), ("U", "2024-06-30 09:00", -20.0, "u0"),  # the only order refunded
+    ])
+    assert got == {"F": "repeat_purchase", "G": "repeat_purchase", "S": "reactivation_due", "T": None, "U": None}
+    assert triggers_of(at_risk_by_refund, "2024-07-01") == {"S": None}  # once
+
+
 def aha_config(*rules: AhaRule) -> PolicyConfig:
     messages = {"second_purchase_nudge": Message("second_purchase_nudge", "second", ("new",), {"email": 0.1},
                                                  aha=True),

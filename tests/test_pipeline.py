@@ -60,6 +60,7 @@ def test_features_of_hand_made_customers(hand_made):
     assert b["days_since_optin"] == pytest.approx(72, abs=1e-6) and np.isnan(a["days_since_optin"])
     assert b["days_since_first_seen"] == pytest.approx(72, abs=1e-6)  # the opt-in came before the first purchase
     assert c["days_since_first_seen"] == pytest.approx(50.5, abs=1e-6)  # a return is a row too
+    assert c["days_since_first_order"] == pytest.approx(50.5, abs=1e-6)  # ... and an order, though no purchase
     assert not any(col.startswith("aha_") for col in f.columns)
 
 
