@@ -287,10 +287,13 @@ def _refund_times(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame
     """When each order was refunded in full: the time at which its running net last fell from above zero to zero or
     below (NaN for purchases and for orders whose net was never positive, such as returns)."""
     out = np.full(len(orders), np.nan)
+    amount = tx["amount"].to_numpy(dtype=float)
     lines = np.flatnonzero(orders["amount"].to_numpy()[line_order] <= 0)  # the lines of orders that are no purchase
+    refunded = np.unique(line_order[lines[amount[lines] > 0]])  # ... of which a line was bought
+    lines = lines[np.isin(line_order[lines], refunded)]
     if not len(lines):
         return out
-    net = pd.Series(tx["amount"].to_numpy(dtype=float)[lines]).groupby(
+    net = pd.Series(amount[lines]).groupby(
         [line_order[lines], _ns(tx["timestamp"])[lines]]).sum()  # by order, then time
     run = net.groupby(level=0).cumsum().to_numpy()
     order, ts = (net.index.get_level_values(i).to_numpy() for i in (0, 1))
