@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from features.errors import InputError
+from features.pipeline import customer_codes, order_table
 
 __all__ = ["RULE_COLUMNS", "WINDOWS", "AhaResult", "Cohort", "action_column", "action_counts", "action_occurrences",
            "build_cohort", "discover", "threshold_metrics"]
@@ -86,31 +87,22 @@ class Cohort:
 
 
 def _orders(tx: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Lines to orders (customer and `order_id`, else customer and timestamp) with net amount, value and channel."""
-    cust, ids = pd.factorize(tx["customer_id"], sort=True)
-    ts = tx["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    second = pd.factorize(tx["order_id"])[0] if "order_id" in tx.columns else np.full(len(tx), -1)
-    if (second < 0).any():  # no order id: one order = one customer and one timestamp
-        second = np.where(second < 0, second.max() + 1 + pd.factorize(ts)[0], second)
-    owner = np.full(int(second.max()) + 2, -1, np.int64)
-    owner[second] = cust
-    if (owner[second] == cust).all():  # each key belongs to one customer (the usual case): it is the order
-        line_order = second
-    else:
-        line_order, _ = pd.factorize(cust.astype(np.int64) * (int(second.max()) + 2) + second)
-    n = int(line_order.max()) + 1
+    """Lines to orders by `features.pipeline.order_table` (the feature pipeline's rule), as arrays: per order its
+    customer code (into the sorted ids), time, net amount, value (margin if every line has one) and app flag; per
+    line its customer code, time, amount, margin and order."""
+    ids, (cust,) = customer_codes(tx["customer_id"])
+    orders, line_order = order_table(tx, cust)
+    n = len(orders)
     amount = tx["amount"].to_numpy(dtype=float)
-    order_ts = np.full(n, np.iinfo(np.int64).max)
-    np.minimum.at(order_ts, line_order, ts)
-    order_cust = np.empty(n, np.int64)
-    order_cust[line_order] = cust
     margin = tx["margin"].to_numpy(dtype=float) if "margin" in tx.columns else None
     use_margin = margin is not None and not np.isnan(margin).any()
+    # an app order has an `app` line (the table's channel is the alphabetically first of the order's lines)
     app = (tx["channel"] == "app").to_numpy(dtype=bool, na_value=False) if "channel" in tx.columns else None
-    order_amount = np.bincount(line_order, amount, n)
-    return {"ids": np.asarray(ids, dtype=str), "cust": cust, "ts": ts, "line_order": line_order, "amount": amount,
-            "margin": margin, "order_ts": order_ts, "order_cust": order_cust, "order_amount": order_amount,
-            "order_value": np.bincount(line_order, margin, n) if use_margin else order_amount,
+    order_amount = orders["amount"].to_numpy()
+    return {"ids": ids, "cust": cust, "ts": tx["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64),
+            "line_order": line_order, "amount": amount, "margin": margin, "order_ts": orders["ts"].to_numpy(),
+            "order_cust": orders["cust"].to_numpy(), "order_amount": order_amount,
+            "order_value": orders["margin"].to_numpy() if use_margin else order_amount,
             "order_app": np.bincount(line_order[app], minlength=n) > 0 if app is not None else np.zeros(n, bool),
             "value_basis": "margin" if use_margin else "revenue"}
 

@@ -9,9 +9,10 @@ import pytest
 
 from features.__main__ import main
 from features.adapters import adapt
-from features.aha import RULE_COLUMNS, discover, threshold_metrics
+from features.aha import RULE_COLUMNS, action_column, action_counts, discover, threshold_metrics
 from features.aha_advice import _two_proportion_n
 from features.errors import InputError, run_cli
+from features.pipeline import build_features
 from features.schema import parse_as_of, validate
 
 AS_OF = parse_as_of("2024-12-31")
@@ -68,6 +69,23 @@ def test_metrics_of_hand_made_example_match_hand_computation():
     assert (best["min_count"], best["within_days"]) == (1, 7)  # phi 0.612 = 300 / sqrt(40*10*30*20)
     assert best["phi"] == pytest.approx(300 / np.sqrt(40 * 10 * 30 * 20))
     assert list(res.rules.columns[:9]) == RULE_COLUMNS
+
+
+def test_orders_are_the_feature_pipelines_orders():
+    day = pd.Timedelta(days=1)
+    tx = validate(pd.DataFrame([
+        ["A", FIRST, 20.0, "o1", "web"],
+        ["A", FIRST + day, -5.0, None, "web"],      # lines without an order id: one order per customer and time
+        ["A", FIRST + day, -3.0, None, "app"],
+        ["A", FIRST + 2 * day, -4.0, None, "web"],
+        ["B", FIRST, 30.0, "o1", "app"],            # A's order id: still B's own order
+        ["B", FIRST + day, -2.0, None, "web"],      # A's return time: B's own return
+    ], columns=["customer_id", "timestamp", "amount", "order_id", "channel"]), "transactions")
+    ids, counts = action_counts(tx, None, (("return_orders", 3), ("app_orders", 1)))
+    assert list(ids) == ["A", "B"]
+    assert counts[action_column("return_orders", 3)].tolist() == [2, 1]
+    assert counts[action_column("app_orders", 1)].tolist() == [0, 1]  # an app line in a return is no app order
+    assert build_features(tx, AS_OF)["n_return_orders"].tolist() == [2, 1]
 
 
 def test_no_eligible_threshold_gives_an_empty_ranking_and_still_a_report(tmp_path):
