@@ -123,20 +123,21 @@ def _per_group(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
 
 
 def _sorted_orders(cust: np.ndarray, ts: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """Order of rows by customer, time and key (unique triples). One quicksort of (customer, time) packed into an
-    integer, when the packing keeps the times to about a second, and checked; if times collided in the packing out
-    of order, or rows of one customer share a time, the exact three-key lexsort."""
-    if len(cust) > 1:
-        t0 = int(ts.min())
-        time_bits = 63 - max(int(cust.max()), 1).bit_length()
-        shift = max((int(ts.max()) - t0).bit_length() - time_bits, 0)
-        if shift <= 30:  # 2**30 ns: about a second
-            order = np.argsort((cust << time_bits) | ((ts - t0) >> shift))
-            c, t, k = cust[order], ts[order], key[order]
-            same = c[1:] == c[:-1]
-            if not (same & ((t[1:] < t[:-1]) | ((t[1:] == t[:-1]) & (k[1:] < k[:-1])))).any():
-                return order
-    return np.lexsort((key, ts, cust))
+    """Order of rows by customer, time and key (unique triples), as `np.lexsort((key, ts, cust))`: one quicksort of
+    (customer, time) packed into an int64 (the time coarsened to fit: to about 16 microseconds for a million customers
+    over two years), then the few runs that tie in the packing ordered exactly by time and key."""
+    if len(cust) < 2 or int(ts.max()) - int(ts.min()) >= 2**63:
+        return np.lexsort((key, ts, cust))
+    t0 = int(ts.min())
+    time_bits = 63 - max(int(cust.max()), 1).bit_length()
+    packed = (cust << time_bits) | ((ts - t0) >> max((int(ts.max()) - t0).bit_length() - time_bits, 0))
+    order = np.argsort(packed)
+    p = packed[order]
+    tied = np.flatnonzero(np.r_[False, p[1:] == p[:-1]] | np.r_[p[:-1] == p[1:], False])
+    if len(tied):  # runs are contiguous: sorting their rows by (packed, time, key) keeps each run in its place
+        rows = order[tied]
+        order[tied] = rows[np.lexsort((key[rows], ts[rows], p[tied]))]
+    return order
 
 
 def _order_channel(tx: pd.DataFrame, line_order: np.ndarray, n: int) -> pd.Categorical | None:
@@ -343,7 +344,8 @@ def _distinct_per_customer(cust: np.ndarray, codes: np.ndarray, n: int) -> np.nd
     if not ok.all():
         cust, codes = cust[ok], codes[ok]
     base = int(codes.max()) + 1
-    pairs = cust.astype(np.int64) * base + codes
+    pairs = cust * base
+    pairs += codes
     if n * base <= 16 * len(codes):
         seen = np.zeros(n * base, bool)
         seen[pairs] = True
