@@ -170,6 +170,12 @@ def _line_orders(cust: np.ndarray, key2: np.ndarray, by_id: bool) -> np.ndarray:
     return pd.MultiIndex.from_arrays([cust, key2]).factorize()[0]
 
 
+def _net(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Sum of each group's values, rounded to 1e-9 so that a full refund nets to exactly 0 (0.1 + 0.2 - 0.3 is
+    5.6e-17 in floating point: the order would still be a purchase)."""
+    return np.round(np.bincount(groups, values, n), 9)
+
+
 def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
     """Aggregate lines into orders (by `order_id`, else by customer and timestamp).
 
@@ -198,8 +204,8 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
     orders = pd.DataFrame({
         "cust": order_cust[order],
         "ts": order_ts[order],
-        "amount": np.bincount(line_order, amount, n),
-        "margin": np.bincount(line_order, tx["margin"].to_numpy(dtype=float), n) if "margin" in tx else np.nan,
+        "amount": _net(line_order, amount, n),
+        "margin": _net(line_order, tx["margin"].to_numpy(dtype=float), n) if "margin" in tx else np.nan,
         "lines": np.bincount(line_order, minlength=n),
         "quantity": np.bincount(line_order, tx["quantity"].to_numpy(dtype=float), n) if "quantity" in tx else np.nan,
         "channel": _order_channel(tx, line_order, n),

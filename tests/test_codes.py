@@ -43,6 +43,18 @@ def test_lines_without_order_id_group_by_customer_and_timestamp():
     assert orders["amount"].tolist() == [2.0, 1.0, 7.0]
 
 
+def test_a_full_refund_on_the_order_nets_to_zero_not_to_a_rounding_residue():
+    """0.1 + 0.2 - 0.3 is 5.6e-17 in floating point: without rounding the refunded order would stay a purchase
+    (a first purchase in the features, a purchase label, an Aha cohort member)."""
+    tx = validate(_lines(customer_id=["A", "A", "A"], order_id=["o1", "o1", "o1"],
+                         timestamp=["2024-01-01", "2024-01-01", "2024-01-05"], amount=["0.1", "0.2", "-0.3"],
+                         channel=["web", "web", "web"]), "transactions")
+    orders, _ = order_table(tx, np.zeros(3, np.int64))
+    assert orders["amount"].tolist() == [0.0]
+    feats = build_features(tx, AS_OF)
+    assert feats["n_orders"].tolist() == [0.0] and feats["lifecycle_stage"].tolist() == ["prospect"]
+
+
 def test_an_order_channel_is_its_lines_first_channel_even_if_one_line_has_none():
     tx = validate(_lines(customer_id=["A", "A", "B"], order_id=["o1", "o1", "o2"], channel=["app", None, None]),
                   "transactions")
