@@ -79,6 +79,16 @@ def _check_port_free(host: str, port: int) -> None:
         raise InputError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
 
 
+def _check_contact_log() -> None:
+    """InputError if the contact log (KAIROS_CONTACT_DB) cannot be opened (a driver not installed, a database
+    unreachable): the service's workers would fail at start with a traceback, again and again, answering nothing."""
+    from serving.batch import contact_log_errors
+    from serving.contact_log import ContactLog
+
+    with contact_log_errors("open it", "the service was not started"):
+        ContactLog().close()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from serving.policy import load_policy
     from serving.scoring import resolve_model_uri
@@ -90,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         check_snapshot(args.features, config)
     _check_port_free(args.host, args.port)
+    _check_contact_log()
     configure()
     uri, version = resolve_model_uri(args.model_uri)
     root = Path(__file__).resolve().parent.parent

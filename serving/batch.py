@@ -133,9 +133,9 @@ def check_outputs(out: str | Path, features_out: str | None, files: list[str | P
 
 
 @contextmanager
-def contact_log_errors(doing: str) -> Iterator[None]:
+def contact_log_errors(doing: str, outcome: str = "no output was written") -> Iterator[None]:
     """A failure of the contact database while `doing` (locked, read-only, corrupt, unreachable) as an InputError
-    naming it; the batch's outputs are not in place yet."""
+    naming it and the `outcome` (by default the batch's: its outputs are not yet in place)."""
     import sqlalchemy as sa
 
     from features.errors import InputError
@@ -146,8 +146,7 @@ def contact_log_errors(doing: str) -> Iterator[None]:
     except sa.exc.SQLAlchemyError as exc:
         db = sa.engine.make_url(default_url()).render_as_string(hide_password=True)
         why = " ".join(str(getattr(exc, "orig", None) or exc).split())[:160]
-        raise InputError(f"contact database {db}: cannot {doing} ({type(exc).__name__}: {why}); "
-                         f"no output was written") from None
+        raise InputError(f"contact database {db}: cannot {doing} ({type(exc).__name__}: {why}); {outcome}") from None
 
 
 def record_contacts(log: ContactLog, decisions: pd.DataFrame, sent_at: pd.Timestamp, costs: dict[str, float]) -> int:

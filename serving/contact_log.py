@@ -43,6 +43,21 @@ def split_own_run(history: pd.DataFrame, sent_at: pd.Timestamp) -> tuple[pd.Data
     return history.loc[~own].reset_index(drop=True), history.loc[own].reset_index(drop=True)
 
 
+def _engine(url: str, source: str) -> sa.engine.Engine:
+    """The engine of `url`; InputError naming `source` (where the URL came from) if the URL is not usable or its
+    database driver cannot be imported."""
+    args = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    try:
+        return sa.create_engine(url, **args)
+    except (sa.exc.ArgumentError, ValueError):  # not a URL, an unknown dialect or driver name, a port not a number
+        raise InputError(f"{source}: not a usable SQLAlchemy database URL (e.g. sqlite:///mlruns/contacts.db "
+                         f"or postgresql://host/db)") from None
+    except ImportError as exc:  # a known dialect whose driver (psycopg, MySQLdb, ...) is not installed
+        db = sa.engine.make_url(url).render_as_string(hide_password=True)
+        raise InputError(f"contact database {db}: cannot load its driver ({exc}); install it or name an installed "
+                         f"driver in {source} (dialect+driver://...)") from None
+
+
 class ContactLog:
     """Record sent nudges and read them back by customer."""
 
@@ -50,13 +65,7 @@ class ContactLog:
         self.url = url or default_url()
         if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        args = {"connect_args": {"timeout": 30}} if self.url.startswith("sqlite") else {}
-        try:
-            self.engine = sa.create_engine(self.url, **args)
-        except sa.exc.ArgumentError:  # also an unknown dialect or a missing driver (NoSuchModuleError)
-            source = "the contact log URL" if url else "KAIROS_CONTACT_DB"
-            raise InputError(f"{source}: not a usable SQLAlchemy database URL (e.g. sqlite:///mlruns/contacts.db "
-                             f"or postgresql://host/db)") from None
+        self.engine = _engine(self.url, "the contact log URL" if url else "KAIROS_CONTACT_DB")
         _META.create_all(self.engine)
 
     def record(self, decisions: pd.DataFrame, sent_at: pd.Timestamp, source: str, costs: dict[str, float] | None = None,

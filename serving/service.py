@@ -22,8 +22,9 @@ from prometheus_client import Counter
 from pydantic import Field
 
 from serving.api import MAX_CUSTOMERS, CustomerIn, Scorer
+from serving.policy import PolicyConfig, load_policy
 
-__all__ = ["ApiKeyMiddleware", "Kairos"]
+__all__ = ["ApiKeyMiddleware", "Kairos", "service_policy"]
 
 log = logging.getLogger("bentoml.kairos")  # under BentoML's configured logger
 DECISIONS = Counter("kairos_decisions", "Decisions answered, by endpoint, action and channel",
@@ -57,6 +58,17 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def service_policy() -> PolicyConfig:
+    """The policy of KAIROS_POLICY and KAIROS_AHA_RULES without its budget: a budget is spent over one batch run;
+    per request it would depend on how customers happen to be grouped into requests."""
+    config = load_policy(os.environ.get("KAIROS_POLICY"), os.environ.get("KAIROS_AHA_RULES"))
+    if config.budget is None:
+        return config
+    log.info("the policy's budget (%g) applies to batch runs; the service decides each customer without it",
+             config.budget)
+    return replace(config, budget=None)
+
+
 def _compile(model, version: str) -> None:
     """Compile the model's boosters (the first time per version and machine can take a minute): until then requests
     are scored by LightGBM itself, with the same numbers."""
@@ -76,18 +88,15 @@ class Kairos:
     def __init__(self) -> None:
         from features.lifecycle import TRIGGER_COLUMNS
         from serving.contact_log import ContactLog
-        from serving.policy import load_policy, required_columns, resolve_timing
+        from serving.policy import required_columns, resolve_timing
         from serving.scoring import load_model
         from serving.snapshot import Snapshot
 
         t0 = time.perf_counter()
+        contact_log = ContactLog()  # first: a bad KAIROS_CONTACT_DB fails before the model is loaded
         model_uri = os.environ.get("KAIROS_MODEL_URI", "models:/kairos@champion")
         model, version = load_model(model_uri, compiled=False)  # compiled in the background once ready
-        config = load_policy(os.environ.get("KAIROS_POLICY"), os.environ.get("KAIROS_AHA_RULES"))
-        if config.budget is not None:  # a budget is spent over one batch run; per request it would depend on grouping
-            log.info("the policy's budget (%g) applies to batch runs; the service decides each customer without it",
-                     config.budget)
-            config = replace(config, budget=None)
+        config = service_policy()
         snapshot = None
         if os.environ.get("KAIROS_FEATURES"):
             snapshot = Snapshot.load(os.environ["KAIROS_FEATURES"], model, required_columns(config), config)
@@ -100,7 +109,7 @@ class Kairos:
         if stale:
             log.warning("the snapshot lacks the moment columns %s (built by an older version): look-ups miss the "
                         "moments that need them (build it again)", ", ".join(stale))
-        self.scorer = Scorer(model, version, config, snapshot, ContactLog())
+        self.scorer = Scorer(model, version, config, snapshot, contact_log)
         self._recording = threading.Lock()
         log.info("kairos ready: model version %s, %d customers in the snapshot, new customers eligible from day %g, "
                  "loaded in %.1f s", version, len(snapshot) if snapshot is not None else 0, config.delay_days,

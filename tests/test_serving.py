@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,6 +225,34 @@ def scorer(world, tmp_path):
     config = load_policy()
     snap = Snapshot(world.features, world.model, required_columns(config))
     return Scorer(world.model, world.version, config, snap, ContactLog(f"sqlite:///{tmp_path}/contacts.db"))
+
+
+def test_the_service_decides_without_the_policy_budget(world, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from serving.api import CustomerIn, Scorer
+    from serving.policy import DEFAULT_POLICY, load_policy, required_columns
+    from serving.service import service_policy
+    from serving.snapshot import Snapshot
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(Path(DEFAULT_POLICY).read_text().replace("\nbudget: null", "\nbudget: 0.05"))  # one push
+    monkeypatch.setenv("KAIROS_POLICY", str(policy))
+    budgeted = load_policy(policy)
+    assert budgeted.budget == 0.05
+    snap = Snapshot(world.features, world.model, required_columns(budgeted))
+    items = [CustomerIn(customer_id=i) for i in ids_where(world, lambda f: f["lifecycle_stage"].isin(["loyal",
+                                                                                                     "at_risk"]))[:100]]
+
+    def answers(config):
+        return Scorer(world.model, world.version, config, snap).score(items, with_reasons=False,
+                                                                      now=world.as_of + pd.Timedelta(days=1))
+
+    capped, served = answers(budgeted), answers(service_policy())
+    assert sum(r["action"] == "nudge" for r in capped) <= 1  # the decision path applies a budget it is given
+    assert any(r["reasons"].startswith("hold: over the batch budget") for r in capped)
+    assert served == answers(replace(budgeted, budget=None))  # the service's policy has none: every nudge stays
+    assert sum(r["action"] == "nudge" for r in served) > 1
 
 
 def test_a_repeated_customer_id_sees_its_contacts_and_is_nudged_and_recorded_once(world, scorer):
@@ -513,6 +542,80 @@ def test_a_failing_contact_log_is_a_one_line_error_and_leaves_no_output(world, t
     assert exit_.value.code == 2 and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"error: contact database sqlite:///{db}: cannot ")
     assert not d.exists() or not any(d.iterdir())
+
+
+NO_DRIVER = "postgresql+psycopg2://kairos:s3cret@localhost/contacts"  # its driver blocked by `no_driver`
+
+
+@pytest.fixture
+def no_driver(monkeypatch):
+    """The contact database drivers psycopg2 and MySQLdb not installed (whether they are here or not)."""
+    for module in ("psycopg2", "MySQLdb"):
+        monkeypatch.setitem(sys.modules, module, None)
+
+
+@pytest.mark.parametrize("url, driver", [(NO_DRIVER, "psycopg2"), ("mysql://kairos:s3cret@db.example/x", "MySQLdb")])
+def test_a_contact_log_url_whose_driver_is_missing_is_a_one_line_error(no_driver, monkeypatch, url, driver):
+    from serving.contact_log import ContactLog
+
+    shown = url.replace("s3cret", "***")
+    with pytest.raises(InputError) as given:
+        ContactLog(url)
+    monkeypatch.setenv("KAIROS_CONTACT_DB", url)
+    with pytest.raises(InputError) as from_env:
+        ContactLog()
+    for exc, source in ((given.value, "the contact log URL"), (from_env.value, "KAIROS_CONTACT_DB")):
+        msg = str(exc)
+        assert msg.startswith(f"contact database {shown}: cannot load its driver (") and f"in {source} " in msg
+        assert driver in msg and "s3cret" not in msg and "\n" not in msg
+    with pytest.raises(InputError, match="not a usable SQLAlchemy database URL"):  # was ValueError: int('port')
+        ContactLog("postgresql://kairos:s3cret@localhost:port/contacts")
+
+
+def test_batch_with_a_contact_db_driver_missing_is_a_one_line_error_and_writes_nothing(world, tmp_path, monkeypatch,
+                                                                                       capsys, no_driver):
+    from features.errors import run_cli
+    from serving.__main__ import main
+
+    monkeypatch.setenv("KAIROS_CONTACT_DB", NO_DRIVER)
+    p, d = world.paths, tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, ["batch", "--transactions", str(p["transactions"]), "--as-of", AS_OF,
+                       "--out", str(d / "s.parquet"), "--features-out", str(d / "f.parquet")])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("error: contact database postgresql+psycopg2://kairos:***@localhost/contacts: cannot "
+                           "load its driver (") and "psycopg2" in line and "s3cret" not in line
+    assert not d.exists() or not any(d.iterdir())
+
+
+@pytest.mark.parametrize("damage, match", [("driver", "cannot load its driver"),
+                                           ("corrupt", "cannot open it .*; the service was not started")])
+def test_serve_with_an_unusable_contact_log_is_a_one_line_error_before_the_model(tmp_path, monkeypatch, capsys,
+                                                                                 no_driver, damage, match):
+    import socket
+
+    from features.errors import run_cli
+    from serving.__main__ import main
+
+    db = tmp_path / "contacts.db"
+    db.write_bytes(b"not a database " * 100)
+    monkeypatch.setenv("KAIROS_CONTACT_DB", NO_DRIVER if damage == "driver" else f"sqlite:///{db}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def looked_up(uri):  # then the service starts, and its workers fail with a traceback, again and again
+        raise AssertionError(f"{uri} was looked up: the contact log was not checked first")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("serving.scoring.resolve_model_uri", looked_up)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, ["serve", "--port", str(port)])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and line.startswith("error: contact database ")
+    assert re.search(match, line) and "s3cret" not in line
 
 
 def test_a_failed_rename_after_recording_keeps_the_contacts_and_the_rerun_replaces_them(world, tmp_path, monkeypatch):
