@@ -86,12 +86,19 @@ class Cohort:
         return (self.gap_days > days) & (self.gap_days <= days + self.horizon_days)
 
 
-def _orders(tx: pd.DataFrame) -> dict[str, np.ndarray]:
+Coded = tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray]
+"""Sorted customer ids, each line's code into them, and `features.pipeline.order_table`'s orders and line orders."""
+
+
+def _orders(tx: pd.DataFrame, coded: Coded | None = None) -> dict[str, np.ndarray]:
     """Lines to orders by `features.pipeline.order_table` (the feature pipeline's rule), as arrays: per order its
     customer code (into the sorted ids), time, net amount, value (margin if every line has one) and app flag; per
-    line its customer code, time, amount, margin and order."""
-    ids, (cust,) = customer_codes(tx["customer_id"])
-    orders, line_order = order_table(tx, cust)
+    line its customer code, time, amount, margin and order. `coded`: the ids, codes and orders the caller already
+    has (the feature builder's, whose ids also hold customers without transactions)."""
+    if coded is None:
+        ids, (cust,) = customer_codes(tx["customer_id"])
+        coded = (ids, cust, *order_table(tx, cust))
+    ids, cust, orders, line_order = coded
     n = len(orders)
     amount = tx["amount"].to_numpy(dtype=float)
     margin = tx["margin"].to_numpy(dtype=float) if "margin" in tx.columns else None
@@ -196,17 +203,18 @@ def action_column(action: str, days: int) -> str:
     return f"aha_{action}_first_{int(days)}d"
 
 
-def action_counts(transactions: pd.DataFrame, events: pd.DataFrame | None,
-                  actions: tuple[tuple[str, int], ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def action_counts(transactions: pd.DataFrame, events: pd.DataFrame | None, actions: tuple[tuple[str, int], ...],
+                  coded: Coded | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per customer, occurrences of each (action, days) within `days` days of the first purchase.
 
     The point-in-time features of the policy's Aha message (`FeatureParams.aha_actions`): rows must already be cut
-    at as-of. Returns the sorted customer ids of `transactions` and, per `action_column`, the counts (NaN for
-    customers without a purchase; 0 for actions that do not occur in the data).
+    at as-of. Returns the sorted customer ids of `transactions` (or `coded`'s: `_orders`) and, per `action_column`,
+    the counts (NaN for customers without a purchase; 0 for actions that do not occur in the data).
     """
     if transactions.empty:
-        return np.zeros(0, dtype=object), {action_column(a, d): np.zeros(0) for a, d in actions}
-    o = _orders(transactions)
+        ids = coded[0] if coded is not None else np.zeros(0, dtype=object)
+        return ids, {action_column(a, d): np.full(len(ids), np.nan) for a, d in actions}
+    o = _orders(transactions, coded)
     first, _ = _first_and_gap(o, len(o["ids"]))
     found, _ = action_occurrences(transactions, events, o, first, float(max(d for _, d in actions)))
     bought = first < np.iinfo(np.int64).max

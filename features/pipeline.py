@@ -458,14 +458,13 @@ def _per_customer(ufunc: np.ufunc, cust: np.ndarray, values: np.ndarray, n: int)
     return out
 
 
-def _aha_counts(tx: pd.DataFrame, ev: pd.DataFrame | None, ids: np.ndarray,
-                actions: tuple[tuple[str, int], ...]) -> dict[str, np.ndarray]:
-    """The Aha-rule counts of `features.aha.action_counts`, aligned with `ids` (NaN without a purchase)."""
+def _aha_counts(tx: pd.DataFrame, ev: pd.DataFrame | None, coded: tuple, actions: tuple[tuple[str, int], ...]
+                ) -> dict[str, np.ndarray]:
+    """The Aha-rule counts of `features.aha.action_counts` on the builder's ids and orders (`coded`), NaN without a
+    purchase."""
     from features.aha import action_counts
 
-    own, counts = action_counts(tx, ev, actions)
-    pos = pd.Index(own).get_indexer(ids)
-    return {name: _take(values, pos) for name, values in counts.items()}
+    return action_counts(tx, ev, actions, coded)[1]
 
 
 def _first_rows(codes: np.ndarray, n: int) -> np.ndarray:
@@ -539,5 +538,6 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     df["lifecycle_stage"] = lifecycle_stage(df, rules=params.stage_rules)
     df.insert(0, "customer_id", pd.array(ids, dtype="str"))
     df.insert(1, "as_of", pd.Series(as_of, index=df.index).astype("datetime64[ns]"))
-    aha = pd.DataFrame(_aha_counts(tx, ev, ids, params.aha_actions) if params.aha_actions else {}, index=df.index)
+    aha = pd.DataFrame(_aha_counts(tx, ev, (ids, cust, orders, line_order), params.aha_actions)
+                       if params.aha_actions else {}, index=df.index)
     return pd.concat([df, aha, _attributes(known, rest[-1] if known is not None else None, n, as_of)], axis=1)
