@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.errors import InputError
 from features.io import read_table
@@ -108,10 +110,21 @@ def _distinct(s: pd.Series) -> tuple[np.ndarray, pd.Series]:
 
 
 def _categorical(codes: np.ndarray, text: pd.Series, index: pd.Index) -> pd.Series:
-    """The categorical of the strings `text[codes]` (-1 and missing text: missing), categories sorted."""
-    to_sorted, categories = pd.factorize(text, sort=True)
-    dtype = pd.CategoricalDtype(pd.Index(categories, dtype="str"))
-    return pd.Series(pd.Categorical.from_codes(np.r_[to_sorted, -1][codes], dtype=dtype), index=index)
+    """The categorical of the strings `text[codes]` (-1 and missing text: missing), categories sorted.
+
+    `text` holds the distinct raw values made text, so only values that cleaning made equal (' B', 'B ') repeat:
+    they are merged by sorting in Arrow (UTF-8 byte order is Python's code-point order), without a hash table."""
+    arr = pa.array(text).cast(pa.large_string())
+    valid = len(arr) - arr.null_count
+    order = pc.sort_indices(arr).to_numpy()[:valid]  # nulls last
+    ordered = arr.take(order)
+    new = np.ones(valid, bool)
+    if valid > 1:
+        new[1:] = pc.not_equal(ordered[1:], ordered[:-1]).to_numpy(zero_copy_only=False)
+    to_sorted = np.full(len(arr) + 1, -1, np.int64)  # the last: code -1
+    to_sorted[order] = np.cumsum(new) - 1
+    dtype = pd.CategoricalDtype(pd.Index(pd.array(ordered.filter(new), dtype="str")))
+    return pd.Series(pd.Categorical.from_codes(to_sorted[codes], dtype=dtype), index=index)
 
 
 def as_utc_naive(s: pd.Series) -> pd.Series:
