@@ -71,13 +71,21 @@ def _factorized(values: pd.Series, sort: bool = False) -> tuple[np.ndarray, pd.I
     return codes.astype(np.int64), pd.Index(uniques)
 
 
+def _arrow_text(values: pd.Index) -> pa.LargeStringArray:
+    """Ids as one Arrow text array (an empty pandas text column converts to a chunked array without chunks)."""
+    text = pa.array(pd.Series(values.astype("str"), copy=False))
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks() if text.num_chunks else pa.array([], pa.large_string())
+    return text.cast(pa.large_string())
+
+
 def customer_codes(*id_columns: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
     """Sorted ids of the union of `id_columns`, and each column's codes into them.
 
     Each column is factorized once (a validated column is a categorical: its own codes); only the distinct ids are
     hashed (one Arrow dictionary encoding of them all) and sorted (UTF-8 byte order is code-point order, Python's)."""
     factorized = [_factorized(c) for c in id_columns]
-    texts = [pa.array(pd.Series(u.astype("str"), copy=False)).cast(pa.large_string()) for _, u in factorized]
+    texts = [_arrow_text(u) for _, u in factorized]
     encoded = pc.dictionary_encode(pa.concat_arrays(texts))
     entries = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     entry = np.split(entries, np.cumsum([len(t) for t in texts])[:-1])  # each column's distinct ids' entries

@@ -103,3 +103,17 @@ def test_fast_grouping_helpers_agree_with_the_plain_numpy_forms():
     customers, _ = customer_codes(pd.Series(["b", "a", None, "é", "a"]), pd.Series([], dtype=object),
                                   pd.Series(["c", "b"], dtype="category"))
     assert customers.tolist() == ["a", "b", "c", "é"]
+
+
+def test_customers_without_transactions_get_rows_from_an_empty_text_typed_transactions_frame():
+    """The Spark engine (a partition with only events or customers rows) and the service (a raw item without
+    purchases) hand the builder empty transactions whose id column is pandas text: each customer still gets a row."""
+    tx = pd.DataFrame({"customer_id": pd.Series([], dtype="str"), "timestamp": pd.Series([], dtype="datetime64[ns]"),
+                       "amount": pd.Series([], dtype=float)})
+    ev = validate(pd.DataFrame({"customer_id": ["e-1"], "timestamp": ["2024-03-01"], "event": ["newsletter_optin"]}),
+                  "events")
+    cu = validate(pd.DataFrame({"customer_id": ["c-1"], "segment": ["b2c"]}), "customers")
+    feats = build_features(tx, AS_OF, ev, cu)
+    assert feats["customer_id"].tolist() == ["c-1", "e-1"]
+    assert feats["n_orders"].tolist() == [0.0, 0.0] and feats["lifecycle_stage"].tolist() == ["prospect", "prospect"]
+    assert feats["attr_segment"].iloc[0] == "b2c" and pd.isna(feats["attr_segment"].iloc[1])
