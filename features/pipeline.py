@@ -179,9 +179,20 @@ def _line_orders(cust: np.ndarray, key2: np.ndarray, by_id: bool) -> np.ndarray:
 
 
 def _net(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Sum of each group's values, rounded to 1e-9 so that a full refund nets to exactly 0 (0.1 + 0.2 - 0.3 is
-    5.6e-17 in floating point: the order would still be a purchase)."""
-    return np.round(np.bincount(groups, values, n), 9)
+    """Sum of each group's values, exactly 0 where it is a rounding residue of them (`settled`)."""
+    net = np.bincount(groups, values, n)
+    near = np.abs(net) < 1e-3  # a residue is about 1e-16 of the group's absolute total
+    if near.any():
+        lines = near[groups]
+        net[near] = settled(net[near], np.bincount(groups[lines], np.abs(values[lines]), n)[near])
+    return net
+
+
+def settled(net: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """`net` with sums within 1e-9 of `scale` (the absolute total they came from) made exactly 0: a full refund
+    booked on an order nets to 0, not to a floating-point residue (0.1 + 0.2 - 0.3 is 5.6e-17) that would leave the
+    order a purchase, whatever the currency's magnitude."""
+    return np.where(np.abs(net) <= 1e-9 * scale, 0.0, net)
 
 
 def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:

@@ -44,13 +44,17 @@ def test_lines_without_order_id_group_by_customer_and_timestamp():
 
 
 def test_a_full_refund_on_the_order_nets_to_zero_not_to_a_rounding_residue():
-    """0.1 + 0.2 - 0.3 is 5.6e-17 in floating point: without rounding the refunded order would stay a purchase
+    """0.1 + 0.2 - 0.3 is 5.6e-17 in floating point: without settling the refunded order would stay a purchase
     (a first purchase in the features, a purchase label, an Aha cohort member)."""
     tx = validate(_lines(customer_id=["A", "A", "A"], order_id=["o1", "o1", "o1"],
                          timestamp=["2024-01-01", "2024-01-01", "2024-01-05"], amount=["0.1", "0.2", "-0.3"],
                          channel=["web", "web", "web"]), "transactions")
     orders, _ = order_table(tx, np.zeros(3, np.int64))
     assert orders["amount"].tolist() == [0.0]
+    big = validate(_lines(customer_id=["A"] * 4, order_id=["o1"] * 4, timestamp=["2024-01-01"] * 4,
+                          amount=["2768912.04", "1606520.09", "9699254.13", "-14074686.26"],  # nets +1.9e-9
+                          channel=["web"] * 4), "transactions")
+    assert order_table(big, np.zeros(4, np.int64))[0]["amount"].tolist() == [0.0]  # in any currency's magnitude
     feats = build_features(tx, AS_OF)
     assert feats["n_orders"].tolist() == [0.0] and feats["lifecycle_stage"].tolist() == ["prospect"]
 
