@@ -121,13 +121,16 @@ def run_batch(opt: BatchOptions) -> dict:
 
 
 def check_outputs(out: str | Path, features_out: str | None, files: list[str | Path]) -> None:
-    """InputError before any work: `--features-out` is `--out`, or one of the output `files` cannot be written
-    there (a directory, a parent that is a file)."""
+    """InputError before any work: `--features-out` is `--out` or lies inside it (or it inside the features), or
+    one of the output `files` cannot be written there (a directory, a parent that is a file)."""
     from features.errors import InputError
     from features.io import check_output_path
 
-    if features_out and Path(features_out).resolve() == Path(out).resolve():
-        raise InputError(f"--features-out {features_out}: the same path as --out; the features need a file of their own")
+    if features_out:
+        a, b = Path(features_out).resolve(), Path(out).resolve()
+        if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+            raise InputError(f"--features-out {features_out}: the same path as --out {out} or one inside the other; "
+                             f"the features need a path of their own")
     for path in files:
         check_output_path(path)
 

@@ -64,7 +64,12 @@ class ContactLog:
     def __init__(self, url: str | None = None):
         self.url = url or default_url()
         if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(self.url.removeprefix("sqlite:///")).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file in the way, no permission
+                raise InputError(f"contact database {self.url}: cannot create its folder {folder} "
+                                 f"({exc.strerror or exc})") from None
         self.engine = _engine(self.url, "the contact log URL" if url else "KAIROS_CONTACT_DB")
         _META.create_all(self.engine)
 

@@ -399,6 +399,8 @@ def test_a_failed_mlflow_log_keeps_the_written_scores_and_warns(world, tmp_path,
     ("s.parquet", {"features_out": "s.parquet"}, "the same path as --out"),  # the features silently won
     ("afile", {"partition_by_date": True}, "parent of the output path is a file"),  # NotADirectoryError
     ("s.parquet", {"features_out": "afile/f.parquet"}, "parent of the output path is a file"),
+    ("o/s", {"features_out": "o/s/f.parquet"}, "one inside the other"),  # contacts recorded, then a traceback
+    ("o/s/f.parquet", {"features_out": "o/s"}, "one inside the other"),
 ])
 def test_batch_checks_both_output_paths_before_any_work(world, tmp_path, out, kw, match):
     (tmp_path / "d").mkdir()
@@ -570,6 +572,14 @@ def test_a_contact_log_url_whose_driver_is_missing_is_a_one_line_error(no_driver
         assert driver in msg and "s3cret" not in msg and "\n" not in msg
     with pytest.raises(InputError, match="not a usable SQLAlchemy database URL"):  # was ValueError: int('port')
         ContactLog("postgresql://kairos:s3cret@localhost:port/contacts")
+
+
+def test_a_sqlite_contact_log_whose_folder_cannot_be_made_is_a_one_line_error(tmp_path):
+    from serving.contact_log import ContactLog
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="cannot create its folder"):  # was FileExistsError
+        ContactLog(f"sqlite:///{tmp_path}/afile/contacts.db")
 
 
 def test_batch_with_a_contact_db_driver_missing_is_a_one_line_error_and_writes_nothing(world, tmp_path, monkeypatch,
