@@ -89,7 +89,17 @@ def _check_contact_log() -> None:
         ContactLog().close()
 
 
+def _absolute_sqlite(url: str) -> str:
+    """A SQLite URL with a relative path made absolute from here: the service's workers run in the checkout, and the
+    batch and the service must share one contact log (and one model store)."""
+    path = url.removeprefix("sqlite:///")
+    if url.startswith("sqlite:///") and path != ":memory:" and not Path(path).is_absolute():
+        return f"sqlite:///{Path(path).resolve()}"
+    return url
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from serving.contact_log import default_url
     from serving.policy import load_policy
     from serving.scoring import resolve_model_uri
     from training.registry import configure, tracking_uri
@@ -105,10 +115,9 @@ def _serve(args: argparse.Namespace) -> int:
     uri, version = resolve_model_uri(args.model_uri)
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "KAIROS_MODEL_URI": uri, "BENTOML_DO_NOT_TRACK": "true",
-           "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONPATH": os.pathsep.join(
-               [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+           "MLFLOW_TRACKING_URI": _absolute_sqlite(tracking_uri()), "KAIROS_CONTACT_DB": _absolute_sqlite(default_url()),
+           "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.setdefault("BENTOML_HOME", str(Path.cwd() / ".venv" / "bentoml"))
-    env.setdefault("KAIROS_CONTACT_DB", f"sqlite:///{Path.cwd() / 'mlruns' / 'contacts.db'}")
     for key, value in (("KAIROS_FEATURES", args.features), ("KAIROS_POLICY", args.policy),
                        ("KAIROS_AHA_RULES", args.aha_rules)):
         if value:

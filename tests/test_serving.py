@@ -672,3 +672,14 @@ def test_the_next_write_removes_the_temporary_of_a_killed_one_but_not_of_a_live_
         assert tmp.parent == tmp_path and not killed.exists()
         tmp.write_bytes(b"PAR1 whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.parquet", live.name, other.name])
+
+
+def test_serve_hands_its_workers_absolute_sqlite_paths(tmp_path, monkeypatch):
+    """BentoML runs the workers in the checkout: a relative KAIROS_CONTACT_DB would be another file than the one the
+    batch (run from here) uses, and cooldowns would not hold between them."""
+    from serving.__main__ import _absolute_sqlite
+
+    monkeypatch.chdir(tmp_path)
+    assert _absolute_sqlite("sqlite:///rel/contacts.db") == f"sqlite:///{tmp_path / 'rel' / 'contacts.db'}"
+    for url in (f"sqlite:///{tmp_path}/c.db", "sqlite:///:memory:", "postgresql://kairos@db/x"):
+        assert _absolute_sqlite(url) == url
