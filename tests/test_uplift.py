@@ -312,6 +312,19 @@ def test_nudge_outcomes_count_only_the_lines_of_the_response_window_as_the_label
         assert frame["y_value"].tolist() == labels["y_value"].tolist() == value
 
 
+def test_nudge_outcomes_are_the_same_taken_a_few_window_lines_at_a_time():
+    """Overlapping windows of many nudges are taken in chunks of (line, nudge) pairs to bound memory (64,000 nudges
+    of 365 days over heavy baskets needed GBs at once): any chunk size gives the same outcomes."""
+    from features.simulate import simulate_world
+    from training.uplift import _outcomes
+
+    w = simulate_world(n_customers=1_000, seed=3, start="2024-07-01", end="2025-12-31")
+    whole = _outcomes(w.transactions, w.nudges, 90)
+    assert 0 < whole["y_purchase"].sum() < len(whole)
+    for max_pairs in (1, 997):
+        pd.testing.assert_frame_equal(_outcomes(w.transactions, w.nudges, 90, max_pairs=max_pairs), whole)
+
+
 def test_nudges_whose_response_window_runs_past_the_data_are_left_out(capsys):
     from training.uplift_run import observed_nudges
 

@@ -15,6 +15,7 @@ tau(x) = P(buy | x, nudged) - P(buy | x, held out):
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
-from features.labels import purchase_label, value_column, value_label
+from features.labels import purchase_label, value_column
 from features.pipeline import build_features, customer_codes
 from training.models import FeatureSpec
 from training.uplift_metrics import normalized_auuc, normalized_qini
@@ -195,31 +196,40 @@ def _rows_up_to(r_cust: np.ndarray, r_ts: np.ndarray, q_cust: np.ndarray, q_ts: 
 
 
 def _window_lines(tx_cust: np.ndarray, tx_ts: np.ndarray, nd_cust: np.ndarray, start: np.ndarray,
-                  end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(line, nudge): every transaction line in each nudge's window (start, end] of its customer, located by
-    binary search in the lines sorted by customer and time (a line in two windows appears twice)."""
+                  end: np.ndarray, max_pairs: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(line, nudge) pairs: every transaction line in each nudge's window (start, end] of its customer, located by
+    binary search in the lines sorted by customer and time (a line in two windows appears twice); in chunks of
+    whole nudges of about `max_pairs` pairs, so that memory stays bounded with many overlapping windows."""
     order = np.lexsort((tx_ts, tx_cust))
     lo = _rows_up_to(tx_cust[order], tx_ts[order], nd_cust, start)
     count = _rows_up_to(tx_cust[order], tx_ts[order], nd_cust, end) - lo
-    nudge = np.repeat(np.arange(len(nd_cust)), count)
-    first = np.cumsum(count) - count  # each nudge's first pair
-    return order[np.repeat(lo - first, count) + np.arange(len(nudge))], nudge
+    chunk = np.cumsum(count) // max(max_pairs, 1)
+    for c in np.unique(chunk):
+        nudges = np.flatnonzero(chunk == c)
+        k = count[nudges]
+        first = np.cumsum(k) - k  # each nudge's first pair
+        yield order[np.repeat(lo[nudges] - first, k) + np.arange(int(k.sum()))], np.repeat(nudges, k)
 
 
-def _outcomes(transactions: pd.DataFrame, nudges: pd.DataFrame, response_days: int) -> pd.DataFrame:
+def _outcomes(transactions: pd.DataFrame, nudges: pd.DataFrame, response_days: int,
+              max_pairs: int = 2_000_000) -> pd.DataFrame:
     """y_purchase (a purchase order) and y_value (net value, floored at 0) in (nudge, nudge + response_days].
 
     The labels' definitions (`features.labels.purchase_label` and `value_label` on the lines of each window only,
-    value by `value_column`), with one window per nudge.
+    value by `value_column`), with one window per nudge, taken `max_pairs` (line, nudge) pairs at a time.
     """
     _ids, (tx_code, nd_code) = customer_codes(transactions["customer_id"], nudges["customer_id"])
     start = nudges["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
     end = start + np.int64(response_days) * 86_400 * 10**9
     tx_ts = transactions["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    line, nudge = _window_lines(tx_code, tx_ts, nd_code, start, end)
-    values = transactions[value_column(transactions)].to_numpy(dtype=float)[line]
-    return pd.DataFrame({"y_purchase": purchase_label(transactions.iloc[line], nudge, len(nudges)),
-                         "y_value": value_label(values, nudge, len(nudges))}, index=nudges.index)
+    orders = transactions[[c for c in ("timestamp", "amount", "order_id") if c in transactions.columns]]
+    values = transactions[value_column(transactions)].to_numpy(dtype=float)
+    bought, value = np.zeros(len(nudges), np.int8), np.zeros(len(nudges))
+    for line, nudge in _window_lines(tx_code, tx_ts, nd_code, start, end, max_pairs):
+        bought = np.maximum(bought, purchase_label(orders.iloc[line], nudge, len(nudges)))
+        value += np.bincount(nudge, values[line], len(nudges))
+    return pd.DataFrame({"y_purchase": bought, "y_value": np.clip(value, 0, None)},  # floored as `value_label`
+                        index=nudges.index)
 
 
 def nudge_frame(nudges: pd.DataFrame, transactions: pd.DataFrame, response_days: int,
