@@ -14,8 +14,8 @@ def keep_freed_memory() -> bool:
     The feature builder allocates and frees arrays of hundreds of MB; by default each one is a fresh mapping
     whose every page faults on first touch (on a virtual machine about a third of a build's time goes to the
     kernel). Without mapped blocks and trimming, a freed array's pages serve the next one. Peak memory grows a
-    little (1M customers: 4.4 -> 4.9 GB); the process keeps its peak until it exits. Returns whether the settings took (False where malloc is not
-    glibc's)."""
+    little (1M customers: 4.4 -> 4.9 GB); the process keeps its peak until it exits. Returns whether the settings
+    took (False where malloc is not glibc's)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):  # no such symbol (macOS, musl); CDLL(None) itself on Windows
