@@ -30,11 +30,15 @@ refund's time on; the moments follow what happened within the lookback:
 - purchases are counted, and gaps measured, among the purchases that stand at as-of: a purchase that reaches
   `loyal_orders` again after a refund is `became_loyal` again, and one after a gap left by a refunded order is
   `reactivated`;
-- a refund that puts the customer into `at_risk` or `lapsed` (a stage the time rule on the remaining purchases
-  reached earlier) fires `reactivation_due` at the refund, once; a refund that leaves the stage as it was fires
-  nothing (unless the time rule on the remaining purchases is crossed within the same lookback).
+- `reactivation_due` follows the stage the customer actually had, with the purchases standing at each time: a
+  refund that puts the customer into `at_risk` or `lapsed` (a stage the time rule on the remaining purchases
+  reached earlier) fires it at the refund, once, also when a later refund within the lookback keeps the stage; a
+  refund that leaves the stage as it was fires nothing, and does not undo a crossing of the time rule (on the
+  purchases standing then) within the same lookback. The feature `days_in_stage` (days since the customer entered
+  today's at_risk or lapsed stage) carries this.
 The features these need are point-in-time (`features.spec`: `days_since_first_order`, `days_since_loyal_order`,
-`days_since_comeback`, `days_since_refund_at_risk`), so any lookback works on one feature row.
+`days_since_comeback`, `days_in_stage`), so any lookback works on one feature row; `days_in_stage` follows the
+stage rules the features were built with (`FeatureParams.stage_rules`).
 """
 from __future__ import annotations
 
@@ -50,10 +54,10 @@ __all__ = ["STAGES", "TRIGGERS", "TRIGGER_COLUMNS", "StageRules", "lifecycle_sta
 STAGES: tuple[str, ...] = ("prospect", "new", "repeat", "loyal", "at_risk", "lapsed")
 TRIGGERS: tuple[str, ...] = ("opt_in", "first_communication", "first_purchase", "repeat_purchase", "reactivated",
                              "reactivation_due", "became_loyal", "first_advocacy")
-TRIGGER_COLUMNS: tuple[str, ...] = ("n_orders", "recency_days", "tenure_days", "recency_over_gap", "gap_mean_days",
-                                    "n_referral", "n_review", "days_since_first_seen", "days_since_optin",
+TRIGGER_COLUMNS: tuple[str, ...] = ("n_orders", "recency_days", "tenure_days", "recency_over_gap", "n_referral",
+                                    "n_review", "days_since_first_seen", "days_since_optin",
                                     "days_since_first_advocacy", "days_since_first_order", "days_since_loyal_order",
-                                    "days_since_comeback", "days_since_refund_at_risk")
+                                    "days_since_comeback", "days_in_stage")
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,10 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: i
 
     # a moment counts when it is younger than the lookback (half-open: a moment exactly one lookback old belonged
     # to the previous run, so consecutive runs never report it twice)
-    n, rec, gap = col("n_orders"), col("recency_days"), col("gap_mean_days")
+    n, rec = col("n_orders"), col("recency_days")
     recent = rec < lookback_days
-    quiet = rec >= lookback_days  # no purchase within the lookback: the stage a lookback ago follows from recency
-    # (unless a refund within it changed the purchases: days_since_refund_at_risk)
-    advocacy = col("n_referral") + col("n_review")
-    stage = stages_of(n, rec, col("recency_over_gap"), advocacy, rules)
-    earlier = stages_of(n, rec - lookback_days, (rec - lookback_days) / gap, advocacy, rules)
+    quiet = rec >= lookback_days  # no purchase within the lookback
+    stage = stages_of(n, rec, col("recency_over_gap"), col("n_referral") + col("n_review"), rules)
     fired = {
         "opt_in": col("days_since_optin") < lookback_days,
         "first_communication": (col("days_since_first_seen") < lookback_days) & (
@@ -127,8 +128,8 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: i
         "first_purchase": (col("tenure_days") < lookback_days) & (col("days_since_first_order") < lookback_days),
         "repeat_purchase": recent & ((n >= 2) | (col("days_since_first_order") >= lookback_days)),
         "reactivated": col("days_since_comeback") < lookback_days,
-        "reactivation_due": quiet & np.isin(stage, ("at_risk", "lapsed")) & (  # by time, or by a refund
-            (stage != earlier) | (col("days_since_refund_at_risk") < lookback_days)),
+        "reactivation_due": quiet & np.isin(stage, ("at_risk", "lapsed")) & (  # entered by time, or by a refund
+            col("days_in_stage") < lookback_days),
         "became_loyal": col("days_since_loyal_order") < lookback_days,
         "first_advocacy": col("days_since_first_advocacy") < lookback_days,
     }

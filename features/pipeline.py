@@ -328,30 +328,73 @@ def _refund_times(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame
     return out
 
 
-def _stage_at(orders: pd.DataFrame, keep: np.ndarray, at_ns: np.ndarray, n: int, rules: StageRules) -> np.ndarray:
-    """The stage (`features.lifecycle`) of each customer at `at_ns` if its purchases were the orders `keep`
-    (no advocacy: it decides neither at_risk nor lapsed)."""
-    c, ts = orders["cust"].to_numpy()[keep], orders["ts"].to_numpy()[keep].astype(float)
-    k = np.bincount(c, minlength=n)
-    last = _per_customer(np.maximum, c, ts, n)
-    rec = (at_ns - last) / DAY_NS
-    gap = _ratio((last - _per_customer(np.minimum, c, ts, n)) / DAY_NS, k - 1.0)
-    return stages_of(k, rec, _ratio(rec, gap), np.zeros(n), rules)
+def _set_stage(k: np.ndarray, last_age: np.ndarray, gap: np.ndarray, at_age: np.ndarray,
+               rules: StageRules) -> np.ndarray:
+    """The stage (`features.lifecycle`) at `at_age` days before as-of of k purchases, the last `last_age` days
+    before as-of, `gap` days apart on average (no advocacy: it decides neither at_risk nor lapsed)."""
+    rec = last_age - at_age
+    return stages_of(k, rec, _ratio(rec, gap), np.zeros(len(k)), rules)
 
 
-def _days_since_refund_risk(orders: pd.DataFrame, refunded: np.ndarray, n: int, as_of_ns: int,
-                            rules: StageRules) -> np.ndarray:
-    """Days since the customer's last full refund put them into the at_risk or lapsed stage they are in now
-    (NaN when the stage came by time alone): the stage right after that refund is today's, the stage of the
-    purchases just before it (the refunded orders still standing) was another."""
-    oc, done = orders["cust"].to_numpy(), ~np.isnan(refunded)
-    last_refund = _per_customer(np.maximum, oc[done], refunded[done], n)
-    buy = (orders["amount"].to_numpy() > 0) & ~np.isnan(last_refund[oc])  # customers without a refund: prospects
-    now = _stage_at(orders, buy, np.full(n, float(as_of_ns)), n, rules)
-    after = _stage_at(orders, buy, last_refund, n, rules)
-    before = _stage_at(orders, buy | (refunded == last_refund[oc]), last_refund, n, rules)
-    moved = np.isin(now, ("at_risk", "lapsed")) & (after == now) & (before != now)
-    return np.where(moved, (as_of_ns - last_refund) / DAY_NS, np.nan)
+def _entry_age(k: np.ndarray, last_age: np.ndarray, gap: np.ndarray, stage: np.ndarray,
+               rules: StageRules) -> np.ndarray:
+    """Days before as-of at which the time rule put k purchases (as in `_set_stage`) into `stage` (at_risk or
+    lapsed): the stage holds once the recency exceeds its threshold."""
+    overdue = rules.overdue_factor * np.where(gap > 0, gap, np.inf)  # no gap: never overdue (stages_of)
+    at_risk = np.where(k == 1, rules.new_days, np.maximum(rules.new_days, overdue))
+    return last_age - np.where(stage == "lapsed", rules.lapsed_days, at_risk)
+
+
+def _days_in_stage(orders: pd.DataFrame, refunded: np.ndarray, feats: dict[str, np.ndarray], n: int, as_of_ns: int,
+                   rules: StageRules) -> np.ndarray:
+    """Days since the customer entered today's at_risk or lapsed stage (NaN in other stages), by time or by a full
+    refund. Between two refunds the standing purchases are fixed and only the time rule moves the stage. Walking
+    back from as-of through the customer's refunds: if the time rule put the purchases standing since the refund
+    into the stage after that refund, the stage began at that crossing; else, if the purchases standing just before
+    the refund (its orders still among them) had another stage, it began at the refund; else go on to the refund
+    before (none left: the crossing). Customers without a refund need only today's crossing. A crossing counts from
+    just after it (the stage needs the recency above its threshold), a refund from its time on, so
+    `days < lookback` fires each entry in exactly one run."""
+    k0, rec0, gap0 = feats["n_orders"].astype(float), feats["recency_days"], feats["gap_mean_days"]
+    stage = stages_of(k0, rec0, feats["recency_over_gap"], np.zeros(n), rules)
+    risky = np.isin(stage, ("at_risk", "lapsed"))
+    entry = np.where(risky, _entry_age(k0, rec0, gap0, stage, rules), np.nan)  # the crossing on today's purchases
+    days = np.where(risky, np.nextafter(entry, -np.inf), np.nan)
+    done = ~np.isnan(refunded)
+    oc = orders["cust"].to_numpy()[done]
+    walk = risky[oc]
+    if not walk.any():
+        return days
+    # the refunded orders of the customers in a risky stage, latest refund first: after its refund group, a row's
+    # running count and extremes are those of the purchases standing just before that refund
+    c = oc[walk]
+    age = (as_of_ns - refunded[done][walk]) / DAY_NS
+    ts_age = (as_of_ns - orders["ts"].to_numpy()[done][walk].astype(float)) / DAY_NS
+    order = np.lexsort((age, c))
+    c, age, ts_age = c[order], age[order], ts_age[order]
+    grouped = pd.DataFrame({"c": c, "ts": ts_age}).groupby("c", sort=False)["ts"]
+    k = k0[c] + grouped.cumcount().to_numpy() + 1
+    last_age = np.fmin(rec0[c], grouped.cummin().to_numpy())
+    first_age = np.fmax(feats["tenure_days"][c], grouped.cummax().to_numpy())
+    step = np.r_[(c[1:] != c[:-1]) | (age[1:] != age[:-1]), True]  # the last row of each refund time
+    c, age, k, last_age, first_age = c[step], age[step], k[step], last_age[step], first_age[step]
+    gap = _ratio(first_age - last_age, k - 1.0)
+    s = stage[c]
+    moved = _set_stage(k, last_age, gap, age, rules) != s
+    crossed = _entry_age(k, last_age, gap, s, rules)
+    same = np.r_[c[1:] == c[:-1], False]
+    older = np.where(same, np.r_[age[1:], np.inf], np.inf)  # the refund before (inf: none)
+    stop = moved | (crossed <= older)
+    first = _group_first(c, n)  # the customer's last refund
+    ok = first >= 0
+    latest = np.full(n, np.nan)
+    latest[ok] = age[first[ok]]
+    walked = ok & (entry > latest)  # today's purchases crossed before the last refund: walk back
+    hit = np.flatnonzero(stop)
+    at = _group_first(c[hit], n)
+    idx = hit[at[walked]]
+    days[walked] = np.where(moved[idx], age[idx], np.nextafter(crossed[idx], -np.inf))
+    return days
 
 
 def _codes_of(values: pd.Series) -> np.ndarray:
@@ -548,8 +591,8 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     feats["days_since_first_seen"] = (as_of_ns - np.fmin(first_row, feats.pop("_first_event_ts"))) / DAY_NS
     feats["days_since_first_order"] = (as_of_ns - first_row) / DAY_NS
     feats.update(_purchase_moments(orders, n, as_of_ns, params.stage_rules))
-    feats["days_since_refund_at_risk"] = _days_since_refund_risk(orders, _refund_times(tx, line_order, orders), n,
-                                                                 as_of_ns, params.stage_rules)
+    feats["days_in_stage"] = _days_in_stage(orders, _refund_times(tx, line_order, orders), feats, n, as_of_ns,
+                                            params.stage_rules)
     df = pd.DataFrame({name: feats[name] for name in FEATURE_DOCS if name in feats})
     for col in df.columns:
         if df[col].dtype.kind in "iub":

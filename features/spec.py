@@ -65,8 +65,8 @@ FEATURE_DOCS: dict[str, str] = {
                               "in full) to as-of",
     "days_since_loyal_order": "days from the `loyal_orders`-th purchase (the 5th) to as-of (empty with fewer)",
     "days_since_comeback": "days from the last purchase that came more than `new_days` (90) after the previous one",
-    "days_since_refund_at_risk": "days from the full refund that put the customer into today's at_risk or lapsed "
-                                 "stage (empty when the stage came by time alone)",
+    "days_in_stage": "days since the customer entered today's at_risk or lapsed stage, by time or by a full refund "
+                     "(empty in other stages)",
     # lifecycle
     "lifecycle_stage": "stage as of the date, by the rules of features.lifecycle (categorical)",
 }

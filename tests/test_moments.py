@@ -104,6 +104,24 @@ def test_a_full_refund_of_an_old_order_is_no_new_first_purchase_and_no_lost_mome
     assert triggers_of(at_risk_by_refund, "2024-07-01") == {"S": None}  # once
 
 
+def test_a_refund_that_moved_the_stage_fires_also_when_a_later_refund_kept_it():
+    bought = [("V", "2023-12-13 10:00", 20.0, "a"), ("V", "2024-01-22 10:00", 20.0, "b"),
+              ("V", "2024-06-10 10:00", 20.0, "c")]
+    assert triggers_of(bought, "2024-06-29") == {"V": None}  # repeat
+    refunds = [("V", "2024-06-30 10:00", -20.0, "c"),  # repeat -> at_risk ({a, b}: overdue) ...
+               ("V", "2024-06-30 11:00", -20.0, "a")]  # ... and at_risk -> at_risk ({b}: one order, 160 days)
+    assert triggers_of([*bought, *refunds]) == {"V": "reactivation_due"}
+    assert triggers_of([*bought, *refunds], "2024-07-01") == {"V": None}  # once
+
+
+def test_a_refund_after_the_time_rule_crossed_in_the_lookback_keeps_the_moment():
+    bought = [("W", "2024-03-10 10:00", 20.0, "a"), ("W", "2024-04-01 10:00", 20.0, "b")]
+    assert triggers_of(bought) == {"W": "reactivation_due"}  # at risk by time since 10:00 ({a, b}) ...
+    refunded = [*bought, ("W", "2024-06-30 20:00", -20.0, "b")]  # ... still at risk after the refund ({a}: since June)
+    assert triggers_of(refunded) == {"W": "reactivation_due"}
+    assert triggers_of(refunded, "2024-07-01") == {"W": None}
+
+
 def aha_config(*rules: AhaRule) -> PolicyConfig:
     messages = {"second_purchase_nudge": Message("second_purchase_nudge", "second", ("new",), {"email": 0.1},
                                                  aha=True),
