@@ -319,9 +319,10 @@ def _refund_times(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame
     lines = lines[np.isin(line_order[lines], refunded)]
     if not len(lines):
         return out
-    net = pd.Series(amount[lines]).groupby(
-        [line_order[lines], _ns(tx["timestamp"])[lines]]).sum()  # by order, then time
-    run = net.groupby(level=0).cumsum().to_numpy()
+    keys = [line_order[lines], _ns(tx["timestamp"])[lines]]  # by order, then time
+    net = pd.Series(amount[lines]).groupby(keys).sum()
+    scale = pd.Series(np.abs(amount[lines])).groupby(keys).sum().groupby(level=0).cumsum().to_numpy()
+    run = settled(net.groupby(level=0).cumsum().to_numpy(), scale)  # as the order nets (`_net`)
     order, ts = (net.index.get_level_values(i).to_numpy() for i in (0, 1))
     fell = np.r_[False, (order[1:] == order[:-1]) & (run[:-1] > 0)] & (run <= 0)
     np.fmax.at(out, order[fell], ts[fell].astype(float))

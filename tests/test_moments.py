@@ -122,6 +122,12 @@ def test_a_refund_after_the_time_rule_crossed_in_the_lookback_keeps_the_moment()
     assert triggers_of(refunded, "2024-07-01") == {"W": None}
 
 
+def test_a_refund_netting_a_rounding_residue_is_a_full_refund():
+    cents = [("R", "2024-01-01 10:00", 20.0, "r0"), ("R", "2024-05-20 10:00", 0.1, "r1"),
+             ("R", "2024-05-20 10:00", 0.2, "r1"), ("R", "2024-06-30 09:00", -0.3, "r1")]  # nets 5.6e-17
+    assert triggers_of(cents) == {"R": "reactivation_due"}  # as with 20.0 and -20.0
+
+
 def aha_config(*rules: AhaRule) -> PolicyConfig:
     messages = {"second_purchase_nudge": Message("second_purchase_nudge", "second", ("new",), {"email": 0.1},
                                                  aha=True),
