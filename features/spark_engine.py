@@ -37,6 +37,7 @@ from features.pipeline import FeatureParams
 __all__ = [
     "SparkInputs",
     "build_features_spark",
+    "check_dir_output",
     "from_spark",
     "input_error_from",
     "is_file_output",
@@ -394,6 +395,28 @@ def is_file_output(out: str) -> bool:
     return not (out.endswith("/") or not _is_local(out) or Path(out).is_dir())
 
 
+_REPLACEABLE = re.compile(r"part-.*\.parquet|_SUCCESS|\..*\.crc")  # a previous Parquet output and Spark's markers
+
+
+def check_dir_output(out: str) -> None:
+    """InputError before any work if the Parquet directory output `out` exists and holds anything but a previous
+    Parquet output (part-*.parquet, _SUCCESS, .crc files), which `write_output` replaces: never delete other files."""
+    import pyarrow.fs as pafs
+
+    if is_file_output(out):
+        return
+    fs, path = _pyarrow_fs(out.rstrip("/"))
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.File:
+        raise InputError(f"{out}: is a file; a Parquet directory output needs a directory path")
+    if kind == pafs.FileType.Directory:
+        other = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
+                       if i.type != pafs.FileType.File or not _REPLACEABLE.fullmatch(i.base_name))
+        if other:
+            raise InputError(f"{out}: an existing directory holding other files than a previous Parquet output "
+                             f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); use a new or empty directory")
+
+
 @contextmanager
 def staged_output(sdf, out: str, sort_by: str = "customer_id") -> Iterator[str]:
     """`write_output`, put in place only if the block succeeds (the batch records its contacts in between); yields
@@ -419,6 +442,7 @@ def run_build(transactions: str, as_of: pd.Timestamp, out: str, events: str | No
               customers: str | None = None, master: str = "local[*]", partitions: int | None = None,
               params: FeatureParams = FeatureParams()) -> dict:
     """`features build --engine spark`: read, build per customer group, write; returns counts."""
+    check_dir_output(out)
     spark = spark_session(master)
     inputs = read_inputs(spark, transactions, events, customers)
     feats = build_features_spark(spark, inputs, as_of, partitions, params)

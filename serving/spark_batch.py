@@ -66,6 +66,7 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
     from features.schema import parse_as_of
     from features.spark_engine import (
         build_features_spark,
+        check_dir_output,
         is_file_output,
         read_inputs,
         spark_input_errors,
@@ -78,11 +79,15 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
 
     t0 = time.perf_counter()
     as_of = parse_as_of(opt.as_of)
-    if "://" in opt.out:  # a URI: pathlib would fold its '//'
-        out = f"{opt.out.rstrip('/')}/as_of={as_of:%Y-%m-%d}/scores.parquet" if opt.partition_by_date else opt.out
+    if not opt.partition_by_date:  # as given: pathlib would drop the trailing '/' of `dir/`, fold a URI's '//'
+        out = opt.out
+    elif "://" in opt.out:
+        out = f"{opt.out.rstrip('/')}/as_of={as_of:%Y-%m-%d}/scores.parquet"
     else:
-        out = str(output_path(opt.out, as_of, opt.partition_by_date))
+        out = str(output_path(opt.out, as_of, True))
     check_outputs(out, opt.features_out, [p for p in (out, opt.features_out) if p and is_file_output(p)])
+    for path in filter(None, (out, opt.features_out)):
+        check_dir_output(path)
     config = load_policy(opt.policy, opt.aha_rules)
     if opt.budget is not None or config.budget is not None:
         raise InputError("--budget is not supported with --engine spark (one greedy pass over all customers); "

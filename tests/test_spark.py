@@ -159,7 +159,33 @@ def test_a_spark_batch_puts_its_outputs_in_place_once_the_nudges_are_recorded(sp
     s = run_batch_spark(opts, MASTER, 3)
     nudges = (pd.read_parquet(d / "s")["action"] == "nudge").sum()
     assert sorted(p.name for p in d.iterdir()) == ["f.parquet", "s"]
+    assert (d / "s").is_dir() and s["out"] == f"{d}/s/"  # `dir/`: a Parquet directory of parts, as the README says
+    assert {p.name for p in (d / "s").iterdir()} <= {f"part-{i:05d}.parquet" for i in range(3)}
     assert s["recorded_contacts"] == len(ContactLog().history()) == nudges > 0
+
+
+def test_a_spark_directory_output_replaces_only_a_previous_parquet_output(spark, store, tmp_path):
+    from features.__main__ import main
+    from serving.__main__ import main as serving_main
+
+    paths = store.retail
+    build = ["build", *_inputs(paths), "--as-of", AS_OF, "--engine", "spark", "--spark-master", MASTER]
+    assert main([*build, "--out", f"{tmp_path}/f/", "--partitions", "3"]) == 0
+    first = sorted(p.name for p in (tmp_path / "f").iterdir())
+    for stale in ("part-09999.parquet", "_SUCCESS", ".part-09999.parquet.crc"):  # still a previous output
+        (tmp_path / "f" / stale).touch()
+    assert main([*build, "--out", f"{tmp_path}/f/", "--partitions", "3"]) == 0  # replaced, not merged
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == first
+    data = tmp_path / "data"  # a directory holding other files: refused before any work, left as it was
+    data.mkdir()
+    shutil.copy(paths["transactions"], data / "transactions.parquet")
+    with pytest.raises(InputError, match=f"{data}: an existing directory holding other files .*transactions.parquet"):
+        main([*build, "--out", str(data)])
+    with pytest.raises(InputError, match=f"{data}/: an existing directory holding other files"):
+        serving_main(["batch", "--transactions", str(data / "transactions.parquet"), "--as-of", AS_OF,
+                      "--out", f"{data}/", "--model-uri", "models:/does-not-exist/1", "--engine", "spark",
+                      "--spark-master", MASTER])
+    assert [p.name for p in data.iterdir()] == ["transactions.parquet"]
 
 
 def test_bad_input_on_spark_is_one_line_and_writes_nothing(spark, tmp_path):
