@@ -78,6 +78,13 @@ def check_output_path(path: str | Path) -> Path:
     return target
 
 
+def _umask() -> int:
+    """The process's file creation mask (read by setting it, then put back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -101,6 +108,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would keep other readers of the output out
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

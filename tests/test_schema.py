@@ -160,3 +160,18 @@ def test_output_path_that_is_a_directory_is_an_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="parent of the output path is a file"):
         write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "file" / "out.parquet")
+
+
+def test_outputs_get_the_usual_file_mode_not_the_temporary_files_0600(tmp_path):
+    """Written through a private temporary (mkstemp makes it 0600): the renamed output must be readable as any
+    file this process creates, or the users downstream of the batch cannot read its scores."""
+    import os
+
+    from features.io import write_parquet
+
+    old = os.umask(0o022)
+    try:
+        out = write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "s.parquet")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
