@@ -309,6 +309,17 @@ def _purchase_moments(orders: pd.DataFrame, n: int, as_of_ns: int, rules: StageR
             "days_since_comeback": (as_of_ns - _per_customer(np.maximum, c[comeback], ts[comeback], n)) / DAY_NS}
 
 
+def _first_order_time(tx: pd.DataFrame, orders: pd.DataFrame, line_order: np.ndarray, n: int) -> np.ndarray:
+    """Time of each customer's first order of any kind (a purchase, a return, a purchase since refunded) but an empty
+    one (netting 0 without a bought line: free samples), NaN without; orders are sorted by customer and time."""
+    amount = orders["amount"].to_numpy()
+    counts = amount != 0
+    if not counts.all():  # a zero order counts if one of its lines was bought
+        counts |= np.bincount(line_order, tx["amount"].to_numpy(dtype=float) > 0, len(orders)) > 0
+    oc, ts = orders["cust"].to_numpy()[counts], orders["ts"].to_numpy()[counts].astype(float)
+    return _take(ts, _group_first(oc, n))
+
+
 def _refund_times(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame) -> np.ndarray:
     """When each order was refunded in full: the time at which its running net last fell from above zero to zero or
     below (NaN for purchases and for orders whose net was never positive, such as returns)."""
@@ -590,7 +601,7 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     ev_cust = rest[0] if ev is not None else None
     feats.update(_engagement(ev, ev_cust, first_ts, n, as_of_ns))
     feats["days_since_first_seen"] = (as_of_ns - np.fmin(first_row, feats.pop("_first_event_ts"))) / DAY_NS
-    feats["days_since_first_order"] = (as_of_ns - first_row) / DAY_NS
+    feats["days_since_first_order"] = (as_of_ns - _first_order_time(tx, orders, line_order, n)) / DAY_NS
     feats.update(_purchase_moments(orders, n, as_of_ns, params.stage_rules))
     feats["days_in_stage"] = _days_in_stage(orders, _refund_times(tx, line_order, orders), feats, n, as_of_ns,
                                             params.stage_rules)

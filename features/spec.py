@@ -62,7 +62,7 @@ FEATURE_DOCS: dict[str, str] = {
     "days_since_first_advocacy": "days from the first referral or review to as-of",
     # lifecycle moments (`features.lifecycle.moment_triggers`; thresholds of `FeatureParams.stage_rules`)
     "days_since_first_order": "days from the first order of any kind (a purchase, a return, a purchase since refunded "
-                              "in full) to as-of",
+                              "in full; not an empty order such as a free sample) to as-of",
     "days_since_loyal_order": "days from the `loyal_orders`-th purchase (the 5th) to as-of (empty with fewer)",
     "days_since_comeback": "days from the last purchase that came more than `new_days` (90) after the previous one",
     "days_in_stage": "days since the customer entered today's at_risk or lapsed stage, by time or by a full refund "

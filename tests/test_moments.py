@@ -128,6 +128,11 @@ def test_a_refund_netting_a_rounding_residue_is_a_full_refund():
     assert triggers_of(cents) == {"R": "reactivation_due"}  # as with 20.0 and -20.0
 
 
+def test_a_free_sample_before_the_first_purchase_does_not_hide_it():
+    sample = [("S", "2024-06-20 10:00", 0.0, "s0"), ("S", "2024-06-30 10:00", 40.0, "s1")]  # a 0.0 order first
+    assert triggers_of(sample) == {"S": "first_purchase"}
+
+
 def aha_config(*rules: AhaRule) -> PolicyConfig:
     messages = {"second_purchase_nudge": Message("second_purchase_nudge", "second", ("new",), {"email": 0.1},
                                                  aha=True),
