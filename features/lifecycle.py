@@ -119,7 +119,6 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: i
     # to the previous run, so consecutive runs never report it twice)
     n, rec = col("n_orders"), col("recency_days")
     recent = rec < lookback_days
-    quiet = rec >= lookback_days  # no purchase within the lookback
     stage = stages_of(n, rec, col("recency_over_gap"), col("n_referral") + col("n_review"), rules)
     fired = {
         "opt_in": col("days_since_optin") < lookback_days,
@@ -128,8 +127,8 @@ def moment_triggers(features: Mapping[str, np.ndarray] | pd.DataFrame, n_rows: i
         "first_purchase": (col("tenure_days") < lookback_days) & (col("days_since_first_order") < lookback_days),
         "repeat_purchase": recent & ((n >= 2) | (col("days_since_first_order") >= lookback_days)),
         "reactivated": col("days_since_comeback") < lookback_days,
-        "reactivation_due": quiet & np.isin(stage, ("at_risk", "lapsed")) & (  # entered by time, or by a refund
-            col("days_in_stage") < lookback_days),
+        "reactivation_due": np.isin(stage, ("at_risk", "lapsed")) & (  # entered by time or by a refund, and
+            col("days_in_stage") < lookback_days),  # no purchase since (it would have changed the stage)
         "became_loyal": col("days_since_loyal_order") < lookback_days,
         "first_advocacy": col("days_since_first_advocacy") < lookback_days,
     }

@@ -67,11 +67,12 @@ def test_a_longer_lookback_catches_the_moments_of_a_missed_night(moments):
         "first_communication,first_purchase"
 
 
-def triggers_of(rows: list[tuple[str, str, float, str]], day: str = "2024-06-30") -> dict[str, str | None]:
+def triggers_of(rows: list[tuple[str, str, float, str]], day: str = "2024-06-30",
+                lookback: float = 1) -> dict[str, str | None]:
     """The moments of each customer on `day` (lookback 1 day) of hand-made (customer, time, amount, order) lines."""
     tx = validate(pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount", "order_id"]), "transactions")
     feats = build_features(tx, parse_as_of(day)).set_index("customer_id")
-    return dict(zip(feats.index, moment_triggers(feats, len(feats), lookback_days=1)))
+    return dict(zip(feats.index, moment_triggers(feats, len(feats), lookback_days=lookback)))
 
 
 def test_the_loyal_order_counts_when_several_orders_of_one_day_cross_it():
@@ -131,6 +132,12 @@ def test_a_refund_netting_a_rounding_residue_is_a_full_refund():
 def test_a_free_sample_before_the_first_purchase_does_not_hide_it():
     sample = [("S", "2024-06-20 10:00", 0.0, "s0"), ("S", "2024-06-30 10:00", 40.0, "s1")]  # a 0.0 order first
     assert triggers_of(sample) == {"S": "first_purchase"}
+
+
+def test_a_lookback_longer_than_the_new_days_still_reports_the_stage_entered_within_it():
+    one = [("A", "2023-01-01 10:00", 20.0, "a0")]  # at risk from 2023-04-01 10:00 (90 days), a purchase 100 days ago
+    fired = triggers_of(one, "2023-04-11", lookback=120)["A"].split(",")  # all three happened within 120 days
+    assert fired == ["first_communication", "first_purchase", "reactivation_due"]
 
 
 def aha_config(*rules: AhaRule) -> PolicyConfig:
