@@ -391,8 +391,9 @@ def _staged_parquet_dir(sdf, out: str, sort_by: str) -> Iterator[str]:
 
 
 def is_file_output(out: str) -> bool:
-    """Whether `write_output` writes `out` as one local file (not a Parquet directory: `dir/`, a directory, a URI)."""
-    return not (out.endswith("/") or not _is_local(out) or Path(out).is_dir())
+    """Whether `write_output` writes `out` as one local file (not a Parquet directory: `dir/`, a directory, a URI,
+    file:// ones included: a local file is a plain path)."""
+    return not (out.endswith("/") or "://" in out or Path(out).is_dir())
 
 
 _REPLACEABLE = re.compile(r"part-.*\.parquet|_SUCCESS|\..*\.crc")  # a previous Parquet output and Spark's markers

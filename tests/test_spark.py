@@ -205,3 +205,10 @@ def test_bad_input_on_spark_is_one_line_and_writes_nothing(spark, tmp_path):
         serving_main(["batch", "--transactions", str(bad), "--as-of", AS_OF, "--out", str(tmp_path / "s.parquet"),
                       "--model-uri", "models:/does-not-exist/1", "--engine", "spark", "--spark-master", MASTER])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "t.csv"]
+
+
+def test_a_file_uri_output_is_a_spark_directory_not_a_local_file_path():
+    from features.spark_engine import is_file_output
+
+    assert is_file_output("scores.parquet") and not is_file_output("scores/")
+    assert not is_file_output("file:///tmp/scores.parquet")  # was a file "file:/tmp/..." under the working directory

@@ -203,9 +203,8 @@ def _window_lines(tx_cust: np.ndarray, tx_ts: np.ndarray, nd_cust: np.ndarray, s
     order = np.lexsort((tx_ts, tx_cust))
     lo = _rows_up_to(tx_cust[order], tx_ts[order], nd_cust, start)
     count = _rows_up_to(tx_cust[order], tx_ts[order], nd_cust, end) - lo
-    chunk = np.cumsum(count) // max(max_pairs, 1)
-    for c in np.unique(chunk):
-        nudges = np.flatnonzero(chunk == c)
+    chunk = np.cumsum(count) // max(max_pairs, 1)  # non-decreasing: each chunk is a run of nudges
+    for nudges in np.split(np.arange(len(count)), np.flatnonzero(np.diff(chunk)) + 1):
         k = count[nudges]
         first = np.cumsum(k) - k  # each nudge's first pair
         yield order[np.repeat(lo[nudges] - first, k) + np.arange(int(k.sum()))], np.repeat(nudges, k)
