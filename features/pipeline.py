@@ -309,27 +309,33 @@ def _purchase_moments(orders: pd.DataFrame, n: int, as_of_ns: int, rules: StageR
             "days_since_comeback": (as_of_ns - _per_customer(np.maximum, c[comeback], ts[comeback], n)) / DAY_NS}
 
 
-def _first_order_time(tx: pd.DataFrame, orders: pd.DataFrame, line_order: np.ndarray, n: int) -> np.ndarray:
-    """Time of each customer's first order of any kind (a purchase, a return, a purchase since refunded) but an empty
-    one (netting 0 without a bought line: free samples), NaN without; orders are sorted by customer and time."""
-    amount = orders["amount"].to_numpy()
-    counts = amount != 0
-    if not counts.all():  # a zero order counts if one of its lines was bought
-        counts |= np.bincount(line_order, tx["amount"].to_numpy(dtype=float) > 0, len(orders)) > 0
+def _bought_back(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame) -> np.ndarray:
+    """Whether each order is a purchase refunded in full: no purchase (net 0 or below) though one of its lines was
+    bought (returns and empty orders, such as free samples, have no bought line)."""
+    amount = tx["amount"].to_numpy(dtype=float)
+    lines = np.flatnonzero((orders["amount"].to_numpy() <= 0)[line_order])  # the lines of orders that are no purchase
+    out = np.zeros(len(orders), bool)
+    out[line_order[lines[amount[lines] > 0]]] = True
+    return out
+
+
+def _first_order_time(orders: pd.DataFrame, bought_back: np.ndarray, n: int) -> np.ndarray:
+    """Time of each customer's first order of any kind (a purchase, a return, a purchase since refunded:
+    `bought_back`) but an empty one (free samples), NaN without; orders are sorted by customer and time."""
+    counts = (orders["amount"].to_numpy() != 0) | bought_back
     oc, ts = orders["cust"].to_numpy()[counts], orders["ts"].to_numpy()[counts].astype(float)
     return _take(ts, _group_first(oc, n))
 
 
-def _refund_times(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame) -> np.ndarray:
-    """When each order was refunded in full: the time at which its running net last fell from above zero to zero or
-    below (NaN for purchases and for orders whose net was never positive, such as returns)."""
+def _refund_times(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame,
+                  bought_back: np.ndarray) -> np.ndarray:
+    """When each order was refunded in full (`bought_back`): the time at which its running net last fell from above
+    zero to zero or below (NaN for the other orders)."""
     out = np.full(len(orders), np.nan)
-    amount = tx["amount"].to_numpy(dtype=float)
-    lines = np.flatnonzero((orders["amount"].to_numpy() <= 0)[line_order])  # the lines of orders that are no purchase
-    refunded = np.unique(line_order[lines[amount[lines] > 0]])  # ... of which a line was bought
-    lines = lines[np.isin(line_order[lines], refunded)]
+    lines = np.flatnonzero(bought_back[line_order])
     if not len(lines):
         return out
+    amount = tx["amount"].to_numpy(dtype=float)
     keys = [line_order[lines], _ns(tx["timestamp"])[lines]]  # by order, then time
     net = pd.Series(amount[lines]).groupby(keys).sum()
     scale = pd.Series(np.abs(amount[lines])).groupby(keys).sum().groupby(level=0).cumsum().to_numpy()
@@ -601,10 +607,11 @@ def build_features(transactions: pd.DataFrame, as_of: pd.Timestamp, events: pd.D
     ev_cust = rest[0] if ev is not None else None
     feats.update(_engagement(ev, ev_cust, first_ts, n, as_of_ns))
     feats["days_since_first_seen"] = (as_of_ns - np.fmin(first_row, feats.pop("_first_event_ts"))) / DAY_NS
-    feats["days_since_first_order"] = (as_of_ns - _first_order_time(tx, orders, line_order, n)) / DAY_NS
+    bought_back = _bought_back(tx, line_order, orders)
+    feats["days_since_first_order"] = (as_of_ns - _first_order_time(orders, bought_back, n)) / DAY_NS
     feats.update(_purchase_moments(orders, n, as_of_ns, params.stage_rules))
-    feats["days_in_stage"] = _days_in_stage(orders, _refund_times(tx, line_order, orders), feats, n, as_of_ns,
-                                            params.stage_rules)
+    feats["days_in_stage"] = _days_in_stage(orders, _refund_times(tx, line_order, orders, bought_back), feats, n,
+                                            as_of_ns, params.stage_rules)
     df = pd.DataFrame({name: feats[name] for name in FEATURE_DOCS if name in feats})
     for col in df.columns:
         if df[col].dtype.kind in "iub":
