@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.lifecycle import StageRules, lifecycle_stage, stages_of
-from features.schema import as_utc_naive
+from features.schema import arrow_text, as_utc_naive
 from features.spec import EVENT_TYPES, FEATURE_DOCS, WINDOWS
 
 __all__ = ["FeatureParams", "build_features", "customer_codes", "order_table", "population"]
@@ -71,21 +71,13 @@ def _factorized(values: pd.Series, sort: bool = False) -> tuple[np.ndarray, pd.I
     return codes.astype(np.int64), pd.Index(uniques)
 
 
-def _arrow_text(values: pd.Index) -> pa.LargeStringArray:
-    """Ids as one Arrow text array (an empty pandas text column converts to a chunked array without chunks)."""
-    text = pa.array(pd.Series(values.astype("str"), copy=False))
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks() if text.num_chunks else pa.array([], pa.large_string())
-    return text.cast(pa.large_string())
-
-
 def customer_codes(*id_columns: pd.Series) -> tuple[np.ndarray, list[np.ndarray]]:
     """Sorted ids of the union of `id_columns`, and each column's codes into them.
 
     Each column is factorized once (a validated column is a categorical: its own codes); only the distinct ids are
     hashed (one Arrow dictionary encoding of them all) and sorted (UTF-8 byte order is code-point order, Python's)."""
     factorized = [_factorized(c) for c in id_columns]
-    texts = [_arrow_text(u) for _, u in factorized]
+    texts = [arrow_text(u.astype("str")) for _, u in factorized]
     encoded = pc.dictionary_encode(pa.concat_arrays(texts))
     entries = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     entry = np.split(entries, np.cumsum([len(t) for t in texts])[:-1])  # each column's distinct ids' entries

@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 from features.errors import InputError
 from features.io import read_table
 
-__all__ = ["SCHEMAS", "Schema", "add_input_arguments", "as_id", "as_utc_naive", "load", "numeric_attributes",
-           "offending_rows", "parse_as_of", "text_columns", "validate"]
+__all__ = ["SCHEMAS", "Schema", "add_input_arguments", "arrow_text", "as_id", "as_utc_naive", "load",
+           "numeric_attributes", "offending_rows", "parse_as_of", "text_columns", "validate"]
 
 ID, TIME, FLOAT, TEXT, BOOL = "id", "time", "float", "text", "bool"
 
@@ -109,12 +109,21 @@ def _distinct(s: pd.Series) -> tuple[np.ndarray, pd.Series]:
     return codes.astype(np.int64), pd.Series(uniques)
 
 
+def arrow_text(values: pd.Series | pd.Index) -> pa.LargeStringArray:
+    """Text (missing: null) as one Arrow array (a pandas text column converts to a chunked array, without any chunk
+    when empty)."""
+    text = pa.array(pd.Series(values, copy=False))
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks() if text.num_chunks else pa.array([], pa.large_string())
+    return text.cast(pa.large_string())
+
+
 def _categorical(codes: np.ndarray, text: pd.Series, index: pd.Index) -> pd.Series:
     """The categorical of the strings `text[codes]` (-1 and missing text: missing), categories sorted.
 
     `text` holds the distinct raw values made text, so only values that cleaning made equal (' B', 'B ') repeat:
     they are merged by sorting in Arrow (UTF-8 byte order is Python's code-point order), without a hash table."""
-    arr = pa.array(text).cast(pa.large_string())
+    arr = arrow_text(text)
     valid = len(arr) - arr.null_count
     order = pc.sort_indices(arr).to_numpy()[:valid]  # nulls last
     ordered = arr.take(order)
