@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from features.io import write_parquet
+    from features.io import check_output_path, write_parquet
     from features.pipeline import FeatureParams, build_features
     from features.schema import load, parse_as_of
 
@@ -72,6 +72,7 @@ def _build(args: argparse.Namespace) -> int:
         print(f"wrote {done['customers']:,} customers x {done['features']} features to {done['out']} "
               f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return 0
+    check_output_path(args.out)
     print(f"loading inputs as of {as_of}", file=sys.stderr)
     tx = load("transactions", args.transactions)
     ev = load("events", args.events)
@@ -86,11 +87,13 @@ def _build(args: argparse.Namespace) -> int:
 
 def _aha(args: argparse.Namespace) -> int:
     from features.aha_report import run_aha
+    from features.io import check_output_dir
     from features.schema import load, parse_as_of
 
     if not args.events:
         raise InputError("aha: --events is required (the behaviours whose thresholds are tested)")
     as_of = parse_as_of(args.as_of)
+    check_output_dir(args.out)
     t0 = time.perf_counter()
     print(f"loading inputs as of {as_of}", file=sys.stderr)
     tx = load("transactions", args.transactions)
@@ -124,8 +127,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _adapt(args: argparse.Namespace) -> int:
     from features.adapters import adapt
-    from features.io import write_parquet
+    from features.io import check_output_dir, write_parquet
 
+    check_output_dir(args.out)
     try:
         tables = adapt(args.source, Path(args.input))
     except (ValueError, FileNotFoundError) as exc:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pyarrow.parquet as pq
 
 from features.errors import InputError
 
-__all__ = ["atomic_path", "check_output_path", "read_table", "staged_parquet", "write_csv", "write_parquet"]
+__all__ = ["atomic_path", "check_output_dir", "check_output_path", "read_table", "staged_parquet", "write_csv",
+           "write_parquet"]
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 _SMALL_DICTIONARY = 64 * 1024  # bytes of a column chunk's dictionary page: few distinct values
@@ -68,33 +70,103 @@ def read_table(path: str | Path, dictionary: Collection[str] = ()) -> pd.DataFra
 
 
 def check_output_path(path: str | Path) -> Path:
-    """`path` as a Path if an output file can be written there (nothing is created); InputError for a directory
-    or a parent that is a file. Commands call it before any work, `atomic_path` again when it writes."""
+    """`path` as a Path if an output file can be written there (nothing is left behind); InputError for a
+    directory, a parent that is a file, or a folder where no file can be created. Commands call it before any
+    work, `atomic_path` again when it writes."""
     target = Path(path)
     if target.is_dir():
         raise InputError(f"{target}: is a directory; the output must be a file path")
-    if any(p.exists() and not p.is_dir() for p in target.parents):
-        raise InputError(f"{target}: a parent of the output path is a file, not a directory")
+    _check_writable(target, target.parents, "the output path")
     return target
 
 
+def check_output_dir(path: str | Path) -> Path:
+    """`path` as a Path if an output folder can be made or written there (nothing is left behind); InputError for
+    a file or a folder where nothing can be created. For commands whose output is a folder of files."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target}: is a file; the output must be a folder")
+    _check_writable(target, [target, *target.parents], "the output folder")
+    return target
+
+
+def _check_writable(target: Path, folders: Sequence[Path], what: str) -> None:
+    """InputError unless `target` can be made in `folders` (its folder, then the parents): one of them a file, or
+    the nearest existing one where a probe folder cannot be made (no permission, a read-only or virtual file
+    system)."""
+    if any(p.exists() and not p.is_dir() for p in folders):
+        raise InputError(f"{target}: a parent of {what} is a file, not a directory")
+    anchor = next(p for p in folders if p.exists())  # '.' or '/' at the latest
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".kairos-probe-", dir=anchor))
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write in {anchor} ({exc.strerror or exc})") from None
+
+
 def _umask() -> int:
-    """The process's file creation mask (read by setting it, then put back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The process's file creation mask: from /proc (Linux), else by setting it and putting it back."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def _mode_of(target: Path) -> int:
+    """The mode an output at `target` gets: that of the file it replaces, else 0666 minus the umask (mkstemp's
+    0600 would keep other readers of the output out)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. Folders made for it
+    are removed again if the block fails (when empty).
 
     The temporary's name carries this host and process id; temporaries of the same target that a dead process of
     this host left behind (a killed batch: no `finally` runs) are removed first.
     """
     target = check_output_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    owner = f".{target.name}.{os.uname().nodename}-"
+    made = [p for p in target.parents if not p.exists()]  # innermost first
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot create the folder {target.parent} ({exc.strerror or exc})") from None
+    done = False
+    try:
+        _remove_dead_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_owner(target)}{os.getpid()}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, _mode_of(target))
+            os.replace(tmp, target)
+            done = True
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    finally:
+        if not done:
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (another writer), or gone
+                    break
+
+
+def _owner(target: Path) -> str:
+    """The prefix of this host's temporaries of `target`."""
+    return f".{target.name}.{os.uname().nodename}-"
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Remove temporaries of `target` that a dead process of this host left behind."""
+    owner = _owner(target)
     for old in target.parent.iterdir():
         pid = old.name.removeprefix(owner).split(".")[0]
         if old.name.startswith(owner) and old.name.endswith(".tmp") and pid.isdigit() and int(pid) > 0:
@@ -104,15 +176,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 old.unlink(missing_ok=True)
             except PermissionError:  # alive, another user's
                 pass
-    fd, tmp = tempfile.mkstemp(prefix=f"{owner}{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would keep other readers of the output out
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextmanager

@@ -89,12 +89,25 @@ def _check_contact_log() -> None:
         ContactLog().close()
 
 
-def _absolute_sqlite(url: str) -> str:
-    """A SQLite URL with a relative path made absolute from here: the service's workers run in the checkout, and the
-    batch and the service must share one contact log (and one model store)."""
-    path = url.removeprefix("sqlite:///")
-    if url.startswith("sqlite:///") and path != ":memory:" and not Path(path).is_absolute():
-        return f"sqlite:///{Path(path).resolve()}"
+def _absolute_store(url: str) -> str:
+    """A store URL (SQLAlchemy's SQLite URLs of any driver; for MLflow also a file: URI or a plain folder path) with a
+    relative path made absolute from here: the service's workers run in the checkout, and the batch and the service
+    must share one contact log (and one model store). Other URLs are returned as they are."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(url).scheme
+    if scheme.split("+")[0] == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        db = parsed.database or ""
+        if db and db != ":memory:" and not db.startswith("file:") and not Path(db).is_absolute():
+            return parsed.set(database=str(Path(db).resolve())).render_as_string(hide_password=False)
+        return url
+    if scheme == "file" and not url.startswith("file://"):  # file:relative/path
+        return Path(url.removeprefix("file:")).resolve().as_uri()
+    if not scheme and url != "databricks":  # a folder path (MLflow's file store; "databricks" is MLflow's name)
+        return str(Path(url).resolve())
     return url
 
 
@@ -115,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     uri, version = resolve_model_uri(args.model_uri)
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "KAIROS_MODEL_URI": uri, "BENTOML_DO_NOT_TRACK": "true",
-           "MLFLOW_TRACKING_URI": _absolute_sqlite(tracking_uri()), "KAIROS_CONTACT_DB": _absolute_sqlite(default_url()),
+           "MLFLOW_TRACKING_URI": _absolute_store(tracking_uri()), "KAIROS_CONTACT_DB": _absolute_store(default_url()),
            "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.setdefault("BENTOML_HOME", str(Path.cwd() / ".venv" / "bentoml"))
     for key, value in (("KAIROS_FEATURES", args.features), ("KAIROS_POLICY", args.policy),

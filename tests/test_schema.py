@@ -162,6 +162,58 @@ def test_output_path_that_is_a_directory_is_an_error(tmp_path):
         write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "file" / "out.parquet")
 
 
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path):
+    """/proc takes no new folders (even for root, who passes every permission check): found by a probe, not by the
+    write at the end of the command, which came after scoring and ended in a traceback."""
+    from features.io import check_output_dir, check_output_path, write_parquet
+
+    for check in (check_output_path, check_output_dir):
+        with pytest.raises(InputError, match=r"/proc/kairos/x: cannot write in /proc \("):
+            check("/proc/kairos/x")
+    with pytest.raises(InputError, match="cannot write in /proc"):
+        write_parquet(pd.DataFrame({"a": [1]}), "/proc/kairos/s.parquet")
+    assert check_output_path(tmp_path / "new" / "s.parquet") and not any(tmp_path.iterdir())  # the probe is gone
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InputError, match="is a file; the output must be a folder"):
+        check_output_dir(tmp_path / "f")
+
+
+@pytest.mark.parametrize("command", [
+    "features build --transactions T --as-of 2025-01-01 --out /proc/kairos/f.parquet",
+    "features aha --transactions T --events T --as-of 2025-01-01 --out /proc/kairos/aha",
+    "features adapt --source hillstrom --input T --out /proc/kairos/hillstrom",
+    "training evaluate --transactions T --as-of 2025-01-01 --out /proc/kairos/report",
+    "training uplift --customers T --nudges T --transactions T --response-days 14 --out /proc/kairos/uplift",
+    "serving batch --transactions T --as-of 2025-01-01 --out /proc/kairos/s.parquet",
+])
+def test_every_command_refuses_an_unwritable_output_before_reading_its_inputs(tmp_path, command):
+    import importlib
+
+    module, *argv = command.replace("T", str(tmp_path / "missing.csv")).split()
+    with pytest.raises(InputError, match="cannot write in /proc"):  # not "missing.csv: file not found"
+        importlib.import_module(f"{module}.__main__").main(argv)
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    from features.io import atomic_path
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "kept" / "a" / "b" / "s.parquet") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("scoring failed")
+    assert [p.name for p in tmp_path.rglob("*")] == ["kept"]
+
+
+def test_a_replaced_output_keeps_the_mode_it_had(tmp_path):
+    """An admin who made the scores group-readable only (0640) keeps that mode across nightly runs."""
+    from features.io import write_parquet
+
+    out = write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "s.parquet")
+    out.chmod(0o640)
+    write_parquet(pd.DataFrame({"a": [2]}), out)
+    assert out.stat().st_mode & 0o777 == 0o640 and pd.read_parquet(out)["a"].tolist() == [2]
+
+
 def test_outputs_get_the_usual_file_mode_not_the_temporary_files_0600(tmp_path):
     """Written through a private temporary (mkstemp makes it 0600): the renamed output must be readable as any
     file this process creates, or the users downstream of the batch cannot read its scores."""

@@ -543,7 +543,7 @@ def test_a_failing_contact_log_is_a_one_line_error_and_leaves_no_output(world, t
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"error: contact database sqlite:///{db}: cannot ")
-    assert not d.exists() or not any(d.iterdir())
+    assert not d.exists()  # not even the folder made for the outputs
 
 
 NO_DRIVER = "postgresql+psycopg2://kairos:s3cret@localhost/contacts"  # its driver blocked by `no_driver`
@@ -674,12 +674,17 @@ def test_the_next_write_removes_the_temporary_of_a_killed_one_but_not_of_a_live_
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.parquet", live.name, other.name])
 
 
-def test_serve_hands_its_workers_absolute_sqlite_paths(tmp_path, monkeypatch):
+def test_serve_hands_its_workers_absolute_store_paths(tmp_path, monkeypatch):
     """BentoML runs the workers in the checkout: a relative KAIROS_CONTACT_DB would be another file than the one the
-    batch (run from here) uses, and cooldowns would not hold between them."""
-    from serving.__main__ import _absolute_sqlite
+    batch (run from here) uses, and cooldowns would not hold between them; the same for a relative MLflow store."""
+    from serving.__main__ import _absolute_store
 
     monkeypatch.chdir(tmp_path)
-    assert _absolute_sqlite("sqlite:///rel/contacts.db") == f"sqlite:///{tmp_path / 'rel' / 'contacts.db'}"
-    for url in (f"sqlite:///{tmp_path}/c.db", "sqlite:///:memory:", "postgresql://kairos@db/x"):
-        assert _absolute_sqlite(url) == url
+    db = tmp_path / "rel" / "contacts.db"
+    assert _absolute_store("sqlite:///rel/contacts.db") == f"sqlite:///{db}"
+    assert _absolute_store("sqlite+pysqlite:///rel/contacts.db") == f"sqlite+pysqlite:///{db}"
+    assert _absolute_store("mlruns") == str(tmp_path / "mlruns")
+    assert _absolute_store("file:mlruns") == (tmp_path / "mlruns").as_uri()
+    for url in (f"sqlite:///{tmp_path}/c.db", "sqlite:///:memory:", "postgresql://kairos@db/x", "http://mlflow:5000",
+                f"file://{tmp_path}/mlruns", "databricks"):
+        assert _absolute_store(url) == url

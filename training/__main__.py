@@ -88,11 +88,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from features.io import check_output_dir
     from training.backtest import run_backtest
     from training.report import metrics_table, write_report
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out}: is a file; the backtest report needs a directory")
+    check_output_dir(args.out)
     inputs, as_of = _inputs(args)
     bt = run_backtest(inputs.transactions, as_of, args.horizon_days, args.value_horizon_days, inputs.events,
                       inputs.customers)
@@ -125,10 +125,12 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _uplift(args: argparse.Namespace) -> int:
+    from features.io import check_output_dir
     from features.schema import load
     from training.uplift_run import run_uplift, summary_json
 
     _check_days("--response-days", args.response_days)
+    check_output_dir(args.out)
     print("loading inputs", file=sys.stderr)
     customers, nudges = load("customers", args.customers), load("nudges", args.nudges)
     transactions, events = load("transactions", args.transactions), load("events", args.events)
