@@ -190,8 +190,12 @@ def settled(net: np.ndarray, scale: np.ndarray) -> np.ndarray:
 def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
     """Aggregate lines into orders (by `order_id`, else by customer and timestamp).
 
-    Returns the orders (cust, ts, amount, margin, lines, quantity, app) sorted by customer and time,
-    and for each line the row of its order.
+    Returns the orders (cust, ts, first_ts, opened, amount, margin, lines, quantity, channel) sorted by customer and
+    `ts`, and for each line the row of its order. An order's lines can come at several times (a payment after an
+    empty opening line, a refund, a re-charge), and what the order is changes with them: `ts` is when it last became
+    a purchase (its running net rose above 0; the first line's time if it never did), `first_ts` its first line's
+    time and `opened` when it first stopped being empty (a line bought or a net other than 0). Features as of any
+    date then agree with the ones built the day before: an order paid today is a purchase of today.
     """
     ts = _ns(tx["timestamp"])
     # order key: the rank of order_id in sorted order (or the timestamp), combined with the customer code
@@ -203,7 +207,9 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
         key2[no_id] = key2.max() + 1 + pd.factorize(ts[no_id], sort=True)[0]
     line_order = _line_orders(cust, key2, by_id)
     n = int(line_order.max()) + 1 if len(tx) else 0
-    order_ts = _group_min(ts, line_order, n)
+    amount = tx["amount"].to_numpy(dtype=float)
+    first_ts = _group_min(ts, line_order, n)
+    order_ts, opened = _order_times(ts, amount, line_order, first_ts)
     order_cust, order_key = _per_group(cust, line_order, n), _per_group(key2, line_order, n)  # fixed in an order
     # orders sorted by customer and time; ties between orders of one customer at one time are broken by order key,
     # so row order never matters. Lines map to their order's rank, so the sums below come out sorted.
@@ -211,10 +217,12 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     line_order = rank[line_order]
-    amount = tx["amount"].to_numpy(dtype=float)
+    sorted_ts = order_ts[order]
     orders = pd.DataFrame({
         "cust": order_cust[order],
-        "ts": order_ts[order],
+        "ts": sorted_ts,
+        "first_ts": sorted_ts if first_ts is order_ts else first_ts[order],
+        "opened": sorted_ts if opened is order_ts else opened[order],
         "amount": _net(line_order, amount, n),
         "margin": _net(line_order, tx["margin"].to_numpy(dtype=float), n) if "margin" in tx else np.nan,
         "lines": np.bincount(line_order, minlength=n),
@@ -224,12 +232,54 @@ def order_table(tx: pd.DataFrame, cust: np.ndarray) -> tuple[pd.DataFrame, np.nd
     return orders, line_order
 
 
+def _order_times(ts: np.ndarray, amount: np.ndarray, line_order: np.ndarray,
+                 first_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per order (`order_table`): when it last became a purchase (its running net, as `_net` settles it, rose above
+    0) and when it was opened (first bought a line or netted other than 0); `first_ts` (the same object) where no
+    order has a line at a later time than its first and with an amount of 0 or below."""
+    later = ts != first_ts[line_order]
+    if not later.any():
+        return first_ts, first_ts
+    n = len(first_ts)
+    maybe = np.zeros(n, bool)
+    maybe[line_order[later]] = True
+    lines = np.flatnonzero(maybe[line_order])
+    lines = lines[np.bincount(line_order[lines], amount[lines] <= 0, n)[line_order[lines]] > 0]
+    if not len(lines):
+        return first_ts, first_ts
+    keys = [line_order[lines], ts[lines]]  # by order, then time
+    amt = pd.Series(amount[lines])
+    net = amt.groupby(keys).sum()
+    order, t = (net.index.get_level_values(i).to_numpy() for i in (0, 1))
+    scale = np.abs(amt).groupby(keys).sum().groupby(level=0).cumsum().to_numpy()
+    run = settled(net.groupby(level=0).cumsum().to_numpy(), scale)
+    bought = (amt > 0).groupby(keys).any().groupby(level=0).cummax().to_numpy()
+    starts = np.r_[True, order[1:] != order[:-1]]
+    rose = (run > 0) & (starts | np.r_[True, run[:-1] <= 0])
+    became, opened = first_ts.copy(), first_ts.copy()
+    became[order[rose]] = t[rose]  # ascending time within each order: the last rise wins
+    used = (run != 0) | bought
+    rows = np.flatnonzero(used)
+    rows = rows[np.r_[True, order[rows][1:] != order[rows][:-1]]]  # each order's first
+    opened[order[rows]] = t[rows]
+    return became, opened
+
+
 def _group_first(cust: np.ndarray, n: int) -> np.ndarray:
     """Index of the first row of each customer in `cust` (sorted); -1 where a customer has no row."""
     first = np.full(n, -1, np.int64)
     starts = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]]) if len(cust) else np.zeros(0, np.int64)
     first[cust[starts]] = starts
     return first
+
+
+def _earliest(cust: np.ndarray, times: np.ndarray, n: int) -> np.ndarray:
+    """The earliest of each customer's int64 `times` (orders sorted by customer and `ts`: nearly always the first
+    row's), as float; NaN for customers without a row."""
+    out = np.full(n, np.nan)
+    has = np.bincount(cust, minlength=n) > 0
+    out[has] = _group_min(times[::-1], cust[::-1], n)[has]  # written last, each customer's first row is kept
+    return out
 
 
 def _take(values: np.ndarray, idx: np.ndarray, fill: float = np.nan) -> np.ndarray:
@@ -286,7 +336,7 @@ def _rfm(orders: pd.DataFrame, n: int, as_of_ns: int) -> dict[str, np.ndarray]:
     first_idx = buy.index.to_numpy()
     out["_first_order"] = np.where(first >= 0, first_idx[np.maximum(first, 0)], -1) if len(first_idx) else first
     out["_first_ts"] = _take(ts.astype(float), first)
-    out["_first_row_ts"] = _take(orders["ts"].to_numpy().astype(float), _group_first(oc, n))  # returns count too
+    out["_first_row_ts"] = _earliest(oc, orders["first_ts"].to_numpy(), n)  # returns and empty orders count too
     return out
 
 
@@ -315,8 +365,7 @@ def _first_order_time(orders: pd.DataFrame, bought_back: np.ndarray, n: int) -> 
     """Time of each customer's first order of any kind (a purchase, a return, a purchase since refunded:
     `bought_back`) but an empty one (free samples), NaN without; orders are sorted by customer and time."""
     counts = (orders["amount"].to_numpy() != 0) | bought_back
-    oc, ts = orders["cust"].to_numpy()[counts], orders["ts"].to_numpy()[counts].astype(float)
-    return _take(ts, _group_first(oc, n))
+    return _earliest(orders["cust"].to_numpy()[counts], orders["opened"].to_numpy()[counts], n)
 
 
 def _refund_times(tx: pd.DataFrame, line_order: np.ndarray, orders: pd.DataFrame,

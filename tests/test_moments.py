@@ -134,6 +134,59 @@ def test_a_free_sample_before_the_first_purchase_does_not_hide_it():
     assert triggers_of(sample) == {"S": "first_purchase"}
 
 
+def test_an_order_paid_after_an_empty_opening_line_is_a_purchase_of_the_payment_day():
+    """An order opened with a 0.0 line (a quote) and paid 90 days later was dated by its first line: no first
+    purchase on the payment day, and the customer looked 90 days quiet, at risk."""
+    quote = [("P", "2024-04-01 10:00", 0.0, "p0"), ("P", "2024-06-30 10:00", 40.0, "p0")]
+    assert triggers_of(quote) == {"P": "first_purchase"}
+    assert triggers_of(quote, "2024-07-01") == {"P": None}
+
+
+def test_an_exchange_charged_again_after_a_full_refund_is_a_purchase_of_the_new_charge():
+    """Bought in January, refunded in February, charged again today on the same order id: a purchase today (not
+    a first purchase: the customer's first order was in January), not a January purchase 181 days old."""
+    exchange = [("E", "2024-01-01 10:00", 20.0, "e0"), ("E", "2024-02-01 10:00", -20.0, "e0"),
+                ("E", "2024-06-30 10:00", 20.0, "e0")]
+    feats = build_features(validate(pd.DataFrame(exchange, columns=["customer_id", "timestamp", "amount", "order_id"]),
+                                    "transactions"), AS_OF).set_index("customer_id")
+    assert feats.loc["E", "recency_days"] < 1 and feats.loc["E", "days_since_first_order"] > 180
+    assert triggers_of(exchange) == {"E": "repeat_purchase"}
+
+
+def test_nightly_moments_agree_with_the_day_by_day_features():
+    """Point in time, on random histories whose orders gain lines later (payments after an empty line, refunds,
+    re-charges, partial returns): each nightly run fires reactivation_due when the day's stage is a newly entered
+    at_risk or lapsed stage (and only then, on quiet days), first_purchase when the first purchase appeared, and
+    repeat_purchase when the number of purchases grew."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for c in range(80):
+        t = pd.Timestamp("2024-01-01") + pd.Timedelta(hours=float(rng.uniform(0, 24 * 120)))
+        for o in range(int(rng.integers(1, 5))):
+            a, later = float(rng.integers(1, 5) * 10), pd.Timedelta(days=float(rng.uniform(1, 90)))
+            lines = [[(t, a)], [(t, 0.0), (t + later, a)], [(t, a), (t + later / 3, -a), (t + later, a)],
+                     [(t, a), (t + later / 3, -a / 2)], [(t, a), (t + later / 3, -a)]][int(rng.integers(5))]
+            rows += [(f"c{c}", when, amount, f"c{c}o{o}") for when, amount in lines]
+            t += pd.Timedelta(days=float(rng.exponential(40)))
+    tx = validate(pd.DataFrame(rows, columns=["customer_id", "timestamp", "amount", "order_id"]), "transactions")
+    before = None
+    for day in pd.date_range("2024-01-02", "2024-09-30", freq="D"):
+        f = build_features(tx, day).set_index("customer_id")
+        fired = pd.Series(moment_triggers(f, len(f)), index=f.index).fillna("")
+        if before is not None:
+            b = before.reindex(f.index)
+            quiet = ~f.index.isin(tx.loc[(tx["timestamp"] > day - pd.Timedelta(days=1))
+                                         & (tx["timestamp"] <= day), "customer_id"])
+            entered = f["lifecycle_stage"].isin(["at_risk", "lapsed"]) & (b["lifecycle_stage"] != f["lifecycle_stage"])
+            react = fired.str.contains("reactivation_due")
+            assert (react == entered)[entered | quiet].all(), day
+            first = (b["n_orders"].fillna(0) == 0) & (f["n_orders"] >= 1)
+            assert (fired.str.contains("first_purchase") == first)[b["days_since_first_order"].isna()].all(), day
+            grew = (b["n_orders"] >= 1) & (f["n_orders"] > b["n_orders"])
+            assert fired.str.contains("repeat_purchase")[grew].all(), day
+        before = f
+
+
 def test_a_lookback_longer_than_the_new_days_still_reports_the_stage_entered_within_it():
     one = [("A", "2023-01-01 10:00", 20.0, "a0")]  # at risk from 2023-04-01 10:00 (90 days), a purchase 100 days ago
     fired = triggers_of(one, "2023-04-11", lookback=120)["A"].split(",")  # all three happened within 120 days
