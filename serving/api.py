@@ -8,33 +8,52 @@ from __future__ import annotations
 import logging
 import os
 from datetime import date, datetime
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from features.errors import InputError
 from serving.policy import DAY_NS, SCORE_FEATURES, PolicyConfig, contact_summary, decide_arrays, required_columns
 from serving.scoring import SCORE_COLUMNS, _json_value
 
-__all__ = ["MAX_CUSTOMERS", "CustomerIn", "EventIn", "Scorer", "TransactionIn"]
+__all__ = ["MAX_CUSTOMERS", "ActionRequest", "CustomerIn", "EventIn", "ScoreRequest", "Scorer", "TransactionIn"]
 
 log = logging.getLogger("bentoml.kairos")  # the service's logger, under BentoML's configuration
 MAX_CUSTOMERS = int(os.environ.get("KAIROS_MAX_CUSTOMERS", "1000"))
+
+
+def _no_number(v: object) -> object:
+    """A time must come as ISO 8601 text (or a date/datetime object): a JSON number would be read as Unix seconds."""
+    if isinstance(v, (bool, int, float)):
+        raise ValueError("must be an ISO 8601 date or datetime string, not a number")
+    return v
+
+
+def _no_bool(v: object) -> object:
+    """A number must not come as true/false (which would be read as 1.0/0.0)."""
+    if isinstance(v, bool):
+        raise ValueError("must be a number, not true or false")
+    return v
+
+
+IsoTime = Annotated[datetime | date, BeforeValidator(_no_number)]
+Number = Annotated[float, BeforeValidator(_no_bool)]
 
 
 class TransactionIn(BaseModel):
     """One transaction line (canonical schema of DESIGN.md); customer_id defaults to the item's."""
 
     model_config = ConfigDict(extra="forbid")
-    timestamp: datetime | date = Field(description="ISO 8601 date or datetime of the line")
-    amount: float = Field(description="revenue of the line; negative = return", allow_inf_nan=False)
+    timestamp: IsoTime = Field(description="ISO 8601 date or datetime of the line")
+    amount: Number = Field(description="revenue of the line; negative = return", allow_inf_nan=False)
     customer_id: str | None = Field(None, description="must equal the item's customer_id when given")
     order_id: str | None = Field(None, description="order of the line (else one order per timestamp)")
     product_id: str | None = Field(None, description="product bought")
     category: str | None = Field(None, description="product category")
-    quantity: float | None = Field(None, description="units", allow_inf_nan=False)
-    margin: float | None = Field(None, description="gross margin of the line", allow_inf_nan=False)
+    quantity: Number | None = Field(None, description="units", allow_inf_nan=False)
+    margin: Number | None = Field(None, description="gross margin of the line", allow_inf_nan=False)
     channel: str | None = Field(None, description="sales channel, e.g. web, app, store")
 
 
@@ -42,9 +61,9 @@ class EventIn(BaseModel):
     """One behavioural event (app_session, feedback, review, referral, ...)."""
 
     model_config = ConfigDict(extra="forbid")
-    timestamp: datetime | date = Field(description="ISO 8601 date or datetime of the event")
+    timestamp: IsoTime = Field(description="ISO 8601 date or datetime of the event")
     event: str = Field(description="event type, e.g. app_session, feedback, review, referral", min_length=1)
-    value: float | None = Field(None, description="optional value of the event", allow_inf_nan=False)
+    value: Number | None = Field(None, description="optional value of the event", allow_inf_nan=False)
     customer_id: str | None = Field(None, description="must equal the item's customer_id when given")
 
 
@@ -74,6 +93,21 @@ class CustomerIn(BaseModel):
         return v
 
 
+class ScoreRequest(BaseModel):
+    """The body of POST /score (DESIGN.md "HTTP contract"); any other field is an error (a typo must not pass)."""
+
+    model_config = ConfigDict(extra="forbid")
+    customers: list[CustomerIn] = Field(
+        description=f"customers to score (at most {MAX_CUSTOMERS}): by customer_id from the feature snapshot, or "
+                    "with raw transactions/events scored on the fly", min_length=1, max_length=MAX_CUSTOMERS)
+
+
+class ActionRequest(ScoreRequest):
+    """The body of POST /next_best_action: the customers, and whether their nudges are recorded as sent."""
+
+    record: StrictBool = Field(True, description="record the nudges as sent (contact log)")
+
+
 def _nudge_once(results: list[dict]) -> list[dict]:
     """Hold every nudge of a customer_id after its first in one request: a customer is nudged (and recorded) once."""
     first: dict[str, int] = {}
@@ -85,6 +119,14 @@ def _nudge_once(results: list[dict]) -> list[dict]:
                               "reasons": f"hold: customer_id repeated in this request, item {k} gets the nudge; "
                                          f"{r['reasons']}"}
     return results
+
+
+def _clean_ids(ids: list[str]) -> list[str | None]:
+    """Ids as the batch reads them (`features.schema.as_id`: stripped, '13085.0' -> '13085'; blank -> None), so
+    that a look-up, a raw history and the contact log name a customer alike."""
+    from features.schema import as_id
+
+    return [None if pd.isna(c) else str(c) for c in as_id(pd.Series(ids, dtype=object))]
 
 
 def _utc_naive(ts) -> pd.Timestamp:
@@ -142,7 +184,8 @@ class Scorer:
         customer_id; InputError if a row names another customer."""
         cid = item.customer_id
         for what, rows in (("transactions", item.transactions or []), ("events", item.events or [])):
-            if any(r.customer_id not in (None, cid) for r in rows):
+            named = list({r.customer_id for r in rows if r.customer_id is not None})
+            if named and set(_clean_ids(named)) != {cid}:
                 raise InputError(f"{what}: customer_id differs from the item's customer_id {cid!r}")
         lines, events = ([{**r.model_dump(exclude_none=True), "customer_id": cid, "timestamp": _utc_naive(r.timestamp)}
                           for r in rows or []] for rows in (item.transactions, item.events))
@@ -184,8 +227,7 @@ class Scorer:
     def _raw(self, items: dict[int, CustomerIn], now: pd.Timestamp, with_reasons: bool) -> dict[int, dict]:
         """Results of the raw-history items (by position), scored in groups of distinct customers with the same
         as-of and attribute types, so that 1,000 new customers cost one validation and one feature build, not
-        1,000. A group that fails (bad rows in one item) is scored item by item: only the failing item gets the
-        error, which names it."""
+        1,000. Only a failing item gets an error, which names it (`_bisect`)."""
         from features.schema import parse_as_of
 
         results: dict[int, dict] = {}
@@ -202,20 +244,26 @@ class Scorer:
             copy = seen[(as_of, kinds, item.customer_id)] = seen.get((as_of, kinds, item.customer_id), -1) + 1
             groups.setdefault((as_of, kinds, copy), []).append((i, rows))
         for (as_of, _, _), members in groups.items():
-            if len(members) > 1:
-                try:
-                    out = self._raw_group([r for _, r in members], as_of, now, with_reasons, "request")
-                    results.update({i: row for (i, _), row in zip(members, out)})
-                    continue
-                except Exception as exc:  # noqa: BLE001 - find the failing items: score them one by one
-                    log.info("scoring %d raw histories together failed (%s); scoring them one by one",
-                             len(members), exc)
-            for i, rows in members:
-                try:
-                    results[i] = self._raw_group([rows], as_of, now, with_reasons, items[i].customer_id)[0]
-                except Exception as exc:  # noqa: BLE001 - answered (and logged) by _raw_failed
-                    results[i] = self._raw_failed(i, items[i], exc)
+            results.update(self._bisect(members, items, as_of, now, with_reasons))
         return results
+
+    def _bisect(self, members: list[tuple[int, tuple]], items: dict[int, CustomerIn], as_of: pd.Timestamp,
+                now: pd.Timestamp, with_reasons: bool) -> dict[int, dict]:
+        """Score a group together; if that fails (bad rows in some item), each half again, down to the failing
+        items: one bad item among 1,000 costs about 20 smaller group builds, not 1,000 single ones (which took
+        longer than the request's timeout)."""
+        one = len(members) == 1
+        try:
+            source = items[members[0][0]].customer_id if one else "request"
+            out = self._raw_group([r for _, r in members], as_of, now, with_reasons, source)
+            return {i: row for (i, _), row in zip(members, out)}
+        except Exception as exc:  # noqa: BLE001 - a single item is answered (and logged) by _raw_failed
+            if one:
+                return {members[0][0]: self._raw_failed(members[0][0], items[members[0][0]], exc)}
+            log.info("scoring %d raw histories together failed (%s); splitting them", len(members), type(exc).__name__)
+        half = len(members) // 2
+        return {**self._bisect(members[:half], items, as_of, now, with_reasons),
+                **self._bisect(members[half:], items, as_of, now, with_reasons)}
 
     def _raw_failed(self, i: int, item: CustomerIn, exc: Exception) -> dict:
         """The answer of item `i` that failed with `exc`: InputError's message, or an internal error (logged with
@@ -229,7 +277,14 @@ class Scorer:
         """One result per item, in order: a score row, or `{customer_id, error}` for an unknown customer."""
         now = now or pd.Timestamp.now(tz="UTC").tz_localize(None)
         results: list[dict | None] = [None] * len(items)
-        lookup = [i for i, it in enumerate(items) if it.transactions is None and it.events is None]
+        ids = _clean_ids([it.customer_id for it in items])
+        for i, (it, cid) in enumerate(zip(items, ids)):
+            if cid is None:
+                results[i] = self._error(it.customer_id, "customer_id is blank")
+        items = [it if cid in (None, it.customer_id) else it.model_copy(update={"customer_id": cid})
+                 for it, cid in zip(items, ids)]
+        lookup = [i for i, it in enumerate(items)
+                  if results[i] is None and it.transactions is None and it.events is None]
         if lookup:
             ids = [items[i].customer_id for i in lookup]
             pos = self.snapshot.positions(ids) if self.snapshot is not None else np.full(len(ids), -1)

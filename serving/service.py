@@ -15,13 +15,11 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import Annotated
 
 import bentoml
 from prometheus_client import Counter
-from pydantic import Field
 
-from serving.api import MAX_CUSTOMERS, CustomerIn, Scorer
+from serving.api import ActionRequest, CustomerIn, Scorer, ScoreRequest
 from serving.policy import PolicyConfig, load_policy
 
 __all__ = ["ApiKeyMiddleware", "Kairos", "service_policy"]
@@ -29,13 +27,12 @@ __all__ = ["ApiKeyMiddleware", "Kairos", "service_policy"]
 log = logging.getLogger("bentoml.kairos")  # under BentoML's configured logger
 DECISIONS = Counter("kairos_decisions", "Decisions answered, by endpoint, action and channel",
                     ["endpoint", "action", "channel"])
-CUSTOMERS = Counter("kairos_customers", "Customers in requests, by endpoint and path (snapshot, raw, unknown)",
-                    ["endpoint", "path"])
+CUSTOMERS = Counter("kairos_customers", "Customers in requests, by endpoint, path (snapshot, raw) and outcome "
+                    "(answered, unknown: not in the snapshot, error: a raw history that could not be scored)",
+                    ["endpoint", "path", "outcome"])
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/", "/static_content")
-
-Customers = Annotated[list[CustomerIn], Field(
-    description=f"customers to score (at most {MAX_CUSTOMERS}): by customer_id from the feature snapshot, or with "
-                "raw transactions/events scored on the fly", min_length=1, max_length=MAX_CUSTOMERS)]
+TIMEOUT_S = 60  # BentoML answers 504 after this; the worker thread would still run on
+RECORD_BY_S = TIMEOUT_S - 10  # nudges are recorded only if the answer can still reach the client
 
 
 class ApiKeyMiddleware:
@@ -49,7 +46,8 @@ class ApiKeyMiddleware:
         path = scope.get("path", "")
         if key and scope["type"] == "http" and not (path in OPEN_PATHS or path.startswith("/static_content")):
             auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(auth.encode(), f"Bearer {key}".encode()):
+            scheme, _, token = auth.strip().partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
                 body = b'{"error": "missing or wrong API key: send Authorization: Bearer <key>"}'
                 await send({"type": "http.response.start", "status": 401,
                             "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
@@ -81,7 +79,22 @@ def _compile(model, version: str) -> None:
     log.info("model version %s compiled in %.1f s", version, time.perf_counter() - t0)
 
 
-@bentoml.service(workers=1, traffic={"timeout": 60})
+class QuietBadRequests(logging.Filter):
+    """BentoML logs every 400 at ERROR with a traceback whose validation errors quote the request body (purchase
+    histories): such records become one WARNING line with the error count, no body."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            record.msg, record.args = "bad request on %s: %d validation errors (answered 400)", (
+                (record.args or ("?",))[0], exc.error_count())
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        return True
+
+
+@bentoml.service(workers=1, traffic={"timeout": TIMEOUT_S})
 class Kairos:
     """Next-best-action scoring: the champion model, the feature snapshot, the policy and the contact log."""
 
@@ -93,6 +106,7 @@ class Kairos:
         from serving.snapshot import Snapshot
 
         t0 = time.perf_counter()
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietBadRequests())
         contact_log = ContactLog()  # first: a bad KAIROS_CONTACT_DB fails before the model is loaded
         model_uri = os.environ.get("KAIROS_MODEL_URI", "models:/kairos@champion")
         model, version = load_model(model_uri, compiled=False)  # compiled in the background once ready
@@ -116,7 +130,7 @@ class Kairos:
                  time.perf_counter() - t0)
         threading.Thread(target=_compile, args=(model, version), name="kairos-compile", daemon=True).start()
 
-    def _answer(self, endpoint: str, customers: list[CustomerIn], record: bool) -> dict:
+    def _answer(self, endpoint: str, customers: list[CustomerIn], record: bool, started: float) -> dict:
         import pandas as pd
 
         # a recording request reads the contact log, decides and writes in one step: two at once for one customer
@@ -125,11 +139,19 @@ class Kairos:
             now = pd.Timestamp.now(tz="UTC").tz_localize(None)
             results = self.scorer.score(customers, now=now)
             if record:
+                late = time.monotonic() - started
+                if late > RECORD_BY_S:  # the client may already have its 504 and retry: record nothing
+                    log.warning("next_best_action took %.0f s for %d customers; nothing recorded (answered 503)",
+                                late, len(customers))
+                    from bentoml.exceptions import ServiceUnavailable
+
+                    raise ServiceUnavailable("the request took too long; nothing was recorded, retry with fewer "
+                                             "customers")
                 self.scorer.record(results, now)
         for item, res in zip(customers, results):
-            path = "unknown" if "error" in res else ("snapshot" if item.transactions is None and item.events is None
-                                                     else "raw")
-            CUSTOMERS.labels(endpoint, path).inc()
+            path = "snapshot" if item.transactions is None and item.events is None else "raw"
+            outcome = "answered" if "error" not in res else ("unknown" if path == "snapshot" else "error")
+            CUSTOMERS.labels(endpoint, path, outcome).inc()
             if "error" not in res:
                 DECISIONS.labels(endpoint, res["action"], res["channel"] or "none").inc()
         return {"results": results, "model_version": self.scorer.version}
@@ -137,21 +159,20 @@ class Kairos:
     async def _run(self, endpoint: str, customers: list[CustomerIn], record: bool) -> dict:
         # snapshot look-ups take well under a millisecond: answer them on the event loop; raw histories
         # (build_features + model) and writes to the contact log go to a thread
+        started = time.monotonic()
         if record or any(c.transactions is not None or c.events is not None for c in customers):
             import anyio
 
-            return await anyio.to_thread.run_sync(self._answer, endpoint, customers, record)
-        return self._answer(endpoint, customers, record)
+            return await anyio.to_thread.run_sync(self._answer, endpoint, customers, record, started)
+        return self._answer(endpoint, customers, record, started)
 
-    @bentoml.api
-    async def score(self, customers: Customers) -> dict:
+    @bentoml.api(input_spec=ScoreRequest)
+    async def score(self, customers: list[CustomerIn]) -> dict:
         """Scores and the next best action of each customer (nothing is recorded)."""
         return await self._run("score", customers, record=False)
 
-    @bentoml.api
-    async def next_best_action(
-            self, customers: Customers,
-            record: Annotated[bool, Field(description="record the nudges as sent (contact log)")] = True) -> dict:
+    @bentoml.api(input_spec=ActionRequest)
+    async def next_best_action(self, customers: list[CustomerIn], record: bool = True) -> dict:
         """The next best action of each customer; nudges are recorded in the contact log unless `record` is false."""
         return await self._run("next_best_action", customers, record=record)
 

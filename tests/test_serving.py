@@ -89,6 +89,9 @@ def test_score_by_id_answers_the_contract_shape(client, world):
     ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": "soon", "amount": 1}]}]}, "timestamp"),
     ({"customers": [{"customer_id": str(i)} for i in range(1001)]}, "customers"),
     ({"customers": [{"customer_id": "A", "transactions": [], "as_of": "yesterday-ish"}]}, "as_of"),
+    ({"customers": [{"customer_id": "A"}], "recrod": False}, "recrod"),  # a typo must not record
+    ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": 20251201, "amount": 1}]}]}, "timestamp"),
+    ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": "2025-12-01", "amount": True}]}]}, "amount"),
 ])
 def test_bad_bodies_get_400_naming_the_field(client, body, field):
     r = client.post("/score", json=body)
@@ -297,6 +300,77 @@ def test_an_unexpected_error_in_one_raw_item_answers_that_item_and_is_logged(wor
     assert logged and all(r.exc_info[0] is ZeroDivisionError for r in logged)
 
 
+def test_one_bad_raw_item_among_many_costs_a_few_group_builds_and_only_it_fails(scorer, monkeypatch):
+    """A bad item used to send its whole group to item-by-item scoring: 1,000 items took longer than the
+    request's 60 s timeout (504 for everyone). Halving down to the bad item answers the others in a few builds."""
+    import features.pipeline
+    from serving.api import CustomerIn
+
+    items = [CustomerIn(customer_id=f"M{i}", as_of=AS_OF, transactions=[{"timestamp": "2025-12-01", "amount": 10.0}])
+             for i in range(64)]
+    items[37] = CustomerIn(customer_id="M37", as_of=AS_OF, transactions=[{"timestamp": "9999-01-01", "amount": 1.0}])
+    real, builds = features.pipeline.build_features, []
+    monkeypatch.setattr(features.pipeline, "build_features", lambda *a, **k: builds.append(1) or real(*a, **k))
+    res = scorer.score(items, with_reasons=False, now=pd.Timestamp("2026-01-01"))
+    assert [i for i, r in enumerate(res) if "error" in r] == [37] and "timestamp" in res[37]["error"]
+    assert all(r["n_orders"] == 1 for i, r in enumerate(res) if i != 37)
+    assert len(builds) <= 2 * 6  # at most two builds per halving of 64 (the bad half fails in validation)
+
+
+def test_ids_are_read_as_the_batch_reads_them(client, world):
+    """' C1 ' and '123.0' are the customers C1 and 123, as in the batch and the contact log: a raw history under
+    ' new1 ' was scored as a customer without any purchase, and a padded id was unknown to the snapshot."""
+    known = world.features["customer_id"].iloc[0]
+    hist = [{"timestamp": "2025-12-01", "amount": 50.0}]
+    r = client.post("/score", json={"customers": [
+        {"customer_id": f" {known} "}, {"customer_id": " new1 ", "transactions": hist, "as_of": AS_OF},
+        {"customer_id": "123.0", "transactions": hist, "as_of": AS_OF}, {"customer_id": "   "}]}).json()["results"]
+    assert [x["customer_id"] for x in r] == [known, "new1", "123", "   "]
+    assert "error" not in r[0] and r[1]["n_orders"] == 1 and r[2]["n_orders"] == 1
+    assert r[3]["error"] == "customer_id is blank"
+
+
+@pytest.mark.parametrize("extra", [{"recrod": False}, {"record": "no"}, {"record": 0}])
+def test_a_mistyped_record_flag_is_refused_and_records_nothing(client, world, extra):
+    from serving.contact_log import ContactLog
+
+    cid = ids_where(world, lambda f: f["lifecycle_stage"] == "at_risk")[-1]
+    before = len(ContactLog().history())
+    r = client.post("/next_best_action", json={"customers": [{"customer_id": cid}], **extra})
+    assert r.status_code == 400 and next(iter(extra)) in r.text and len(ContactLog().history()) == before
+
+
+def test_a_recording_request_past_its_time_records_nothing_and_answers_503(client, world, monkeypatch):
+    """BentoML answers 504 after 60 s but the worker thread runs on: it recorded nudges the client never got, and a
+    retry then found its customers in cooldown."""
+    import serving.service
+    from serving.contact_log import ContactLog
+
+    ids = ids_where(world, lambda f: f["lifecycle_stage"] == "at_risk")[-20:]
+    before = len(ContactLog().history())
+    monkeypatch.setattr(serving.service, "RECORD_BY_S", -1.0)  # every request is late
+    r = client.post("/next_best_action", json={"customers": [{"customer_id": c} for c in ids]})
+    assert r.status_code == 503 and len(ContactLog().history()) == before
+    assert client.post("/next_best_action", json={"customers": [{"customer_id": ids[0]}], "record": False}
+                       ).status_code == 200  # not recording: answered
+
+
+def test_a_bad_body_is_logged_as_one_line_without_the_body(client, caplog):
+    import logging
+
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    logger.addHandler(caplog.handler)
+    try:
+        secret = {"timestamp": "2025-12-01", "amount": "ten", "product_id": "SECRET-SKU"}
+        assert client.post("/score", json={"customers": [{"customer_id": "A", "transactions": [secret]}]}
+                           ).status_code == 400
+    finally:
+        logger.removeHandler(caplog.handler)
+    records = [r for r in caplog.records if r.name == logger.name]  # (seen by the root's handler too)
+    assert records and all(r.levelno == logging.WARNING and r.exc_info is None for r in records)
+    assert "SECRET" not in caplog.text and "1 validation errors" in records[0].getMessage()
+
+
 def test_two_recording_requests_at_once_nudge_a_customer_once(client, world, monkeypatch):
     import threading
     import time
@@ -332,6 +406,8 @@ def test_api_key_is_required_when_configured(client, monkeypatch):
     assert client.post("/score", json=body).status_code == 401
     assert client.post("/score", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.post("/score", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.post("/score", json=body, headers={"Authorization": "bearer  s3cret"}).status_code == 200  # RFC 7235
+    assert client.post("/score", json=body, headers={"Authorization": "Basic s3cret"}).status_code == 401
     for path in ("/healthz", "/readyz", "/metrics"):
         assert client.get(path).status_code == 200
 
@@ -339,7 +415,8 @@ def test_api_key_is_required_when_configured(client, monkeypatch):
 def test_metrics_count_requests_and_decisions(client):
     client.post("/score", json={"customers": [{"customer_id": "NO-SUCH"}]})
     text = client.get("/metrics").text
-    assert "kairos_decisions_total" in text and 'kairos_customers_total{endpoint="score",path="unknown"}' in text
+    assert "kairos_decisions_total" in text
+    assert 'kairos_customers_total{endpoint="score",outcome="unknown",path="snapshot"}' in text
     assert "HELP" in text
 
 
