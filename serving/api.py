@@ -27,14 +27,14 @@ MAX_CUSTOMERS = int(os.environ.get("KAIROS_MAX_CUSTOMERS", "1000"))
 def _no_number(v: object) -> object:
     """A time must come as ISO 8601 text (or a date/datetime object): a JSON number would be read as Unix seconds."""
     if isinstance(v, (bool, int, float)):
-        raise ValueError("must be an ISO 8601 date or datetime string, not a number")
+        raise ValueError("must be an ISO 8601 date or datetime string, not a number")  # noqa: TRY004 - pydantic reports ValueError only
     return v
 
 
 def _no_bool(v: object) -> object:
     """A number must not come as true/false (which would be read as 1.0/0.0)."""
     if isinstance(v, bool):
-        raise ValueError("must be a number, not true or false")
+        raise ValueError("must be a number, not true or false")  # noqa: TRY004 - as above
     return v
 
 
