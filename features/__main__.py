@@ -50,11 +50,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from features.io import check_output_path, write_parquet
+    from features.io import check_not_an_input, check_output_path, check_parquet_name, write_parquet
     from features.pipeline import FeatureParams, build_features
     from features.schema import load, parse_as_of
 
     as_of = parse_as_of(args.as_of)
+    check_parquet_name("--out", args.out)
+    check_not_an_input("--out", args.out, {"--transactions": args.transactions, "--events": args.events,
+                                           "--customers": args.customers, "--aha-rules": args.aha_rules})
     t0 = time.perf_counter()
     params = FeatureParams()
     if args.aha_rules:
@@ -79,6 +82,8 @@ def _build(args: argparse.Namespace) -> int:
     cu = load("customers", args.customers)
     print(f"building features for {tx['customer_id'].nunique():,} customers from {len(tx):,} lines", file=sys.stderr)
     feats = build_features(tx, as_of, ev, cu, params)
+    if feats.empty:
+        raise InputError(f"{args.transactions}: no customer is known by --as-of {args.as_of}")
     write_parquet(feats, args.out)
     print(f"wrote {len(feats):,} customers x {feats.shape[1] - 2} features to {args.out} "
           f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -88,11 +93,14 @@ def _build(args: argparse.Namespace) -> int:
 def _aha(args: argparse.Namespace) -> int:
     from features.aha_report import run_aha
     from features.io import check_output_dir
-    from features.schema import load, parse_as_of
+    from features.schema import check_days, load, parse_as_of
 
     if not args.events:
         raise InputError("aha: --events is required (the behaviours whose thresholds are tested)")
     as_of = parse_as_of(args.as_of)
+    for option, days in (("--within-days", args.within_days), ("--horizon-days", args.horizon_days)):
+        if days is not None:
+            check_days(option, days)
     check_output_dir(args.out)
     t0 = time.perf_counter()
     print(f"loading inputs as of {as_of}", file=sys.stderr)
@@ -118,8 +126,9 @@ def _simulate(args: argparse.Namespace) -> int:
         raise InputError(f"--seed {args.seed}: must be at least 0")
     print(f"simulating {args.customers:,} customers (seed {args.seed})", file=sys.stderr)
     world = simulate_world(n_customers=args.customers, seed=args.seed)
+    counts = summary(world)  # before writing: a failure leaves no files
     paths = write_world(world, Path(args.out), fmt=args.format)
-    for key, value in summary(world).items():
+    for key, value in counts.items():
         print(f"  {key}: {value}", file=sys.stderr)
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0

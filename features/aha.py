@@ -33,6 +33,7 @@ from scipy import stats
 
 from features.errors import InputError
 from features.pipeline import customer_codes, order_table
+from features.schema import check_days
 
 __all__ = ["RULE_COLUMNS", "WINDOWS", "AhaResult", "Cohort", "action_column", "action_counts", "action_occurrences",
            "build_cohort", "discover", "threshold_metrics"]
@@ -361,10 +362,9 @@ def discover(transactions: pd.DataFrame, events: pd.DataFrame, as_of: pd.Timesta
     Returns:
         AhaResult with `rules` (RULE_COLUMNS first, then phi and its interval, ..., best first) and `grid`.
     """
-    if within_days is not None and within_days < 1:
-        raise InputError(f"--within-days {within_days}: must be at least 1")
-    if horizon_days < 1:
-        raise InputError(f"--horizon-days {horizon_days}: must be at least 1")
+    if within_days is not None:
+        check_days("--within-days", within_days)
+    check_days("--horizon-days", horizon_days)
     if not 0 <= min_coverage < 0.5:
         raise InputError(f"--min-coverage {min_coverage}: must be in [0, 0.5)")
     windows = WINDOWS if within_days is None else tuple(sorted({d for d in WINDOWS if d <= within_days}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 
 from features.errors import InputError
 
-__all__ = ["atomic_path", "check_output_dir", "check_output_path", "read_table", "staged_parquet", "write_csv",
-           "write_parquet"]
+__all__ = ["atomic_path", "check_not_an_input", "check_output_dir", "check_output_path", "check_parquet_name",
+           "read_table", "staged_parquet", "write_csv", "write_parquet"]
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 _SMALL_DICTIONARY = 64 * 1024  # bytes of a column chunk's dictionary page: few distinct values
@@ -52,8 +52,11 @@ def read_table(path: str | Path, dictionary: Collection[str] = ()) -> pd.DataFra
             # a block per column (no copy into 2-D blocks), Arrow buffers released as they are converted
             df = table.to_pandas(split_blocks=True, self_destruct=True)
         elif name.endswith(_CSV_SUFFIXES):
-            df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""], index_col=False,
-                             sep="\t" if name.endswith(".tsv") else ",")
+            sep = "\t" if name.endswith(".tsv") else ","
+            header = pd.read_csv(p, dtype=str, header=None, nrows=1, sep=sep).iloc[0].dropna().str.strip()
+            if header.duplicated().any():
+                raise InputError(f"{p}: column '{header[header.duplicated()].iloc[0]}' appears twice in the header")
+            df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""], index_col=False, sep=sep)
         else:
             raise InputError(f"{p}: unknown file type (expected .csv or .parquet)")
     except InputError:
@@ -88,6 +91,24 @@ def check_output_dir(path: str | Path) -> Path:
         raise InputError(f"{target}: is a file; the output must be a folder")
     _check_writable(target, [target, *target.parents], "the output folder")
     return target
+
+
+def check_parquet_name(option: str, out: str | Path) -> None:
+    """InputError if the Parquet output `out` is named as another format (`scores.csv` would hold Parquet bytes
+    that nothing reads as CSV)."""
+    name = str(out).rstrip("/").lower()
+    if name.endswith((*_CSV_SUFFIXES, ".json", ".xlsx", ".xls", ".gz")):
+        raise InputError(f"{option} {out}: the output is Parquet; name it .parquet")
+
+
+def check_not_an_input(option: str, out: str | Path, inputs: Mapping[str, str | Path | None]) -> None:
+    """InputError if the output `out` (of command-line option `option`) is one of the `inputs` (option -> path):
+    the run would replace the input file with its output."""
+    target = Path(out).resolve()
+    for name, path in inputs.items():
+        if path is not None and Path(path).resolve() == target:
+            raise InputError(f"{option} {out}: is the input file of {name}; writing there would replace it, "
+                             f"choose another path")
 
 
 def _check_writable(target: Path, folders: Sequence[Path], what: str) -> None:

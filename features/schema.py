@@ -24,10 +24,11 @@ import pyarrow.compute as pc
 from features.errors import InputError
 from features.io import read_table
 
-__all__ = ["SCHEMAS", "Schema", "add_input_arguments", "arrow_text", "as_id", "as_utc_naive", "load",
-           "numeric_attributes", "offending_rows", "parse_as_of", "text_columns", "validate"]
+__all__ = ["MAX_DAYS", "SCHEMAS", "Schema", "add_input_arguments", "arrow_text", "as_id", "as_utc_naive", "check_days",
+           "load", "numeric_attributes", "offending_rows", "parse_as_of", "text_columns", "validate"]
 
 ID, TIME, FLOAT, TEXT, BOOL = "id", "time", "float", "text", "bool"
+MAX_ABS = 1e15  # amounts, margins, quantities: larger ones are errors (and their sums would overflow to inf)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ SCHEMAS: dict[str, Schema] = {
         {"cost": FLOAT},
         keep_extra=True,
     ),
-    "customers": Schema("customers", {"customer_id": ID}, keep_extra=True, unique_ids=True),
+    "customers": Schema("customers", {"customer_id": ID}, {"signup_date": TIME}, keep_extra=True, unique_ids=True),
 }
 
 
@@ -74,10 +75,17 @@ def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT
 
 
+def _shown(value: object) -> str:
+    """A value as a user wrote it: text quoted, numbers and times plain (not np.float64(inf) or Timestamp(...))."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def offending_rows(source: str, column: str, problem: str, raw: pd.Series, bad: np.ndarray) -> InputError:
     """Build the one-line error naming the file, the column and up to five offending rows (1-based)."""
     idx = np.flatnonzero(bad)
-    shown = ", ".join(f"row {i + 1} ({'empty' if _is_missing(raw.iloc[i]) else repr(raw.iloc[i])})" for i in idx[:5])
+    shown = ", ".join(f"row {i + 1} ({'empty' if _is_missing(raw.iloc[i]) else _shown(raw.iloc[i])})" for i in idx[:5])
     more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
     return InputError(f"{source}: column '{column}' {problem} in {len(idx):,} of {len(raw):,} rows: {shown}{more}")
 
@@ -152,10 +160,10 @@ def as_utc_naive(s: pd.Series) -> pd.Series:
 
 
 def _as_float(s: pd.Series) -> pd.Series:
-    if pd.api.types.is_bool_dtype(s):
-        return s.astype("float64")
+    if pd.api.types.is_bool_dtype(s):  # true/false is no amount: every row is an error
+        return pd.Series(np.nan, index=s.index)
     out = pd.to_numeric(s, errors="coerce").astype("float64")
-    return out.where(np.isfinite(out))
+    return out.where(np.abs(out) < MAX_ABS)  # also not NaN or infinite
 
 
 def _as_bool(s: pd.Series) -> pd.Series:
@@ -189,8 +197,8 @@ def _column(df: pd.DataFrame, col: str, kind: str, source: str, required: bool) 
         bad = out.isna().to_numpy() & ~missing
         out = out.fillna(False).astype(bool)
     if bad.any():
-        what = {TIME: "is not an ISO 8601 date or datetime in the years 1678-2261", FLOAT: "is not a finite number",
-                BOOL: "is not a boolean (true/false)"}[kind]
+        what = {TIME: "is not an ISO 8601 date or datetime in the years 1678-2261",
+                FLOAT: "is not a number (finite, below 1e15 in size)", BOOL: "is not a boolean (true/false)"}[kind]
         raise offending_rows(source, col, what, raw, bad)
     if required and missing.any():
         raise offending_rows(source, col, "is empty", raw, missing)
@@ -243,10 +251,8 @@ def validate(df: pd.DataFrame, kind: str, source: str | None = None) -> pd.DataF
         raise InputError(f"{source}: missing required column(s) {', '.join(absent)} "
                          f"(found: {', '.join(map(str, df.columns[:12]))})")
     out = _columns(df, schema, source)
-    if schema.keep_extra:
-        for col in df.columns:
-            if col not in out:
-                out[col] = df[col]
+    if schema.keep_extra:  # in the table's own column order (attributes become features in that order)
+        out = {col: out[col] if col in out else df[col] for col in df.columns}
     result = pd.DataFrame(out, index=pd.RangeIndex(len(df)), copy=False)  # no copy into 2-D blocks
     if schema.unique_ids:
         dup = result["customer_id"].duplicated(keep=False).to_numpy()
@@ -300,6 +306,15 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events")
     parser.add_argument("--customers")
     parser.add_argument("--as-of", required=True)
+
+
+MAX_DAYS = 3650
+
+
+def check_days(option: str, days: int) -> None:
+    """InputError unless a horizon or window option is 1 day to 10 years."""
+    if not 1 <= days <= MAX_DAYS:
+        raise InputError(f"{option} {days}: must be between 1 and {MAX_DAYS} days")
 
 
 def parse_as_of(text: str) -> pd.Timestamp:

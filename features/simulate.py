@@ -285,13 +285,13 @@ def summary(world: World) -> dict[str, float]:
     key = np.sort(order_code.astype(np.int64) * (len(products) + 1) + product_code)  # np.unique hashes slowly
     n_dup = int((key[1:] == key[:-1]).sum())
     seen = np.maximum.accumulate(order_code)
-    at = np.flatnonzero(np.r_[True, order_code[1:] > seen[:-1]])  # first row of each order
+    at = np.flatnonzero(np.r_[True, order_code[1:] > seen[:-1]][:len(tx)])  # first row of each order
     at = at[tx["amount"].to_numpy()[at] > 0]  # sales, not returns
     cust, _ = pd.factorize(tx["customer_id"].iloc[at])
     t = tx["timestamp"].to_numpy()[at].astype(np.int64) / 86_400e9
     o = np.lexsort((t, cust))
     cust, t = cust[o], t[o]
-    start = np.r_[True, cust[1:] != cust[:-1]]
+    start = np.r_[True, cust[1:] != cust[:-1]][:len(cust)]
     second = np.flatnonzero(np.r_[False, start[:-1]] & ~start)  # the order right after each customer's first
     gap = t[second] - t[second - 1]
     n_buyers, n_gap = int(start.sum()), max(len(second), 1)

@@ -90,24 +90,18 @@ def _check_contact_log() -> None:
 
 
 def _absolute_store(url: str) -> str:
-    """A store URL (SQLAlchemy's SQLite URLs of any driver; for MLflow also a file: URI or a plain folder path) with a
-    relative path made absolute from here: the service's workers run in the checkout, and the batch and the service
-    must share one contact log (and one model store). Other URLs are returned as they are."""
+    """A SQLite URL (any driver) with a relative path made absolute from here: the service's workers run in the
+    checkout, and the batch and the service must share one contact log (and one model store). Other URLs are
+    returned as they are."""
     from urllib.parse import urlsplit
 
-    scheme = urlsplit(url).scheme
-    if scheme.split("+")[0] == "sqlite":
+    if urlsplit(url).scheme.split("+")[0] == "sqlite":
         from sqlalchemy.engine import make_url
 
         parsed = make_url(url)
         db = parsed.database or ""
         if db and db != ":memory:" and not db.startswith("file:") and not Path(db).is_absolute():
             return parsed.set(database=str(Path(db).resolve())).render_as_string(hide_password=False)
-        return url
-    if scheme == "file" and not url.startswith("file://"):  # file:relative/path
-        return Path(url.removeprefix("file:")).resolve().as_uri()
-    if not scheme and url != "databricks":  # a folder path (MLflow's file store; "databricks" is MLflow's name)
-        return str(Path(url).resolve())
     return url
 
 
@@ -176,6 +170,8 @@ def _top(args: argparse.Namespace) -> int:
     if "triggers" in scores.columns:
         moments = scores["triggers"].dropna().str.split(",").explode().value_counts()
         print(f"moments that matter today: {moments.to_dict() or 'none'}")
+    if nudge.empty:
+        return 0
     with pd.option_context("display.width", 160, "display.max_colwidth", 40):
         print(nudge[cols].head(args.n).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

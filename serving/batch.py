@@ -70,11 +70,11 @@ def run_batch(opt: BatchOptions) -> dict:
     out = output_path(opt.out, as_of, opt.partition_by_date)
     if out.is_dir():
         raise InputError(f"--out {out}: is a directory (use --partition-by-date to write into a directory)")
-    check_outputs(out, opt.features_out, [out, *filter(None, [opt.features_out])])
+    check_outputs(out, opt.features_out, [out, *filter(None, [opt.features_out])], input_files(opt))
     config = load_policy(opt.policy, opt.aha_rules)
     if opt.budget is not None:
-        if opt.budget < 0:
-            raise InputError(f"--budget {opt.budget}: must not be negative")
+        if not opt.budget >= 0:  # also NaN
+            raise InputError(f"--budget {opt.budget}: must be a number, not negative")
         config = replace(config, budget=opt.budget)
     with contact_log_errors("open it"):  # a bad KAIROS_CONTACT_DB fails here, before any work
         log = ContactLog()
@@ -120,17 +120,29 @@ def run_batch(opt: BatchOptions) -> dict:
     return summary
 
 
-def check_outputs(out: str | Path, features_out: str | None, files: list[str | Path]) -> None:
-    """InputError before any work: `--features-out` is `--out` or lies inside it (or it inside the features), or
-    one of the output `files` cannot be written there (a directory, a parent that is a file)."""
+def input_files(opt: BatchOptions) -> dict[str, str | None]:
+    """The input files of a batch run by option."""
+    return {"--transactions": opt.transactions, "--events": opt.events, "--customers": opt.customers,
+            "--policy": opt.policy, "--aha-rules": opt.aha_rules}
+
+
+def check_outputs(out: str | Path, features_out: str | None, files: list[str | Path],
+                  inputs: dict[str, str | None]) -> None:
+    """InputError before any work: `--features-out` is `--out` or lies inside it (or it inside the features), an
+    output is one of the `inputs` (option -> file), or one of the output `files` cannot be written there (a
+    directory, a parent that is a file)."""
     from features.errors import InputError
-    from features.io import check_output_path
+    from features.io import check_not_an_input, check_output_path, check_parquet_name
 
     if features_out:
         a, b = Path(features_out).resolve(), Path(out).resolve()
         if a == b or a.is_relative_to(b) or b.is_relative_to(a):
             raise InputError(f"--features-out {features_out}: the same path as --out {out} or one inside the other; "
                              f"the features need a path of their own")
+    for option, path in (("--out", out), ("--features-out", features_out)):
+        if path is not None:
+            check_parquet_name(option, path)
+            check_not_an_input(option, path, inputs)
     for path in files:
         check_output_path(path)
 

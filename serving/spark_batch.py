@@ -73,7 +73,15 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         spark_session,
         staged_output,
     )
-    from serving.batch import check_outputs, contact_log_errors, decision_summary, log_run, output_path, record_contacts
+    from serving.batch import (
+        check_outputs,
+        contact_log_errors,
+        decision_summary,
+        input_files,
+        log_run,
+        output_path,
+        record_contacts,
+    )
     from serving.contact_log import ContactLog, split_own_run
     from serving.policy import load_policy, resolve_timing
 
@@ -85,7 +93,8 @@ def run_batch_spark(opt, master: str = "local[*]", partitions: int | None = None
         out = f"{opt.out.rstrip('/')}/as_of={as_of:%Y-%m-%d}/scores.parquet"
     else:
         out = str(output_path(opt.out, as_of, True))
-    check_outputs(out, opt.features_out, [p for p in (out, opt.features_out) if p and is_file_output(p)])
+    check_outputs(out, opt.features_out, [p for p in (out, opt.features_out) if p and is_file_output(p)],
+                  input_files(opt))
     for path in filter(None, (out, opt.features_out)):
         check_dir_output(path)
     config = load_policy(opt.policy, opt.aha_rules)

@@ -1,6 +1,7 @@
 """The input contract: one-line errors naming file, column and rows; deliberate clean-up of normal mess."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -21,7 +22,7 @@ def test_missing_column_names_the_column():
 
 
 def test_non_numeric_amount_names_column_and_rows():
-    with pytest.raises(InputError, match=r"column 'amount' is not a finite number in 2 of 3 rows: row 2 \('ten'\), row 3 \('x'\)"):
+    with pytest.raises(InputError, match=r"column 'amount' is not a number \(finite, below 1e15 in size\) in 2 of 3 rows: row 2 \('ten'\), row 3 \('x'\)"):
         validate(_tx(amount=["1", "ten", "x"]), "transactions", "tx.csv")
 
 
@@ -192,6 +193,63 @@ def test_every_command_refuses_an_unwritable_output_before_reading_its_inputs(tm
     module, *argv = command.replace("T", str(tmp_path / "missing.csv")).split()
     with pytest.raises(InputError, match="cannot write in /proc"):  # not "missing.csv: file not found"
         importlib.import_module(f"{module}.__main__").main(argv)
+
+
+@pytest.mark.parametrize("command, match", [
+    ("features build --transactions IN --as-of 2025-01-01 --out IN", "--out .*: is the input file of --transactions"),
+    ("serving batch --transactions T --customers IN --as-of 2025-01-01 --out IN", "is the input file of --customers"),
+    ("serving batch --transactions T --events IN --as-of 2025-01-01 --out s.parquet --features-out IN",
+     "--features-out .*: is the input file of --events"),
+    ("features build --transactions T --as-of 2025-01-01 --out f.csv", "the output is Parquet; name it .parquet"),
+    ("serving batch --transactions T --as-of 2025-01-01 --out s.csv", "the output is Parquet"),
+    ("features aha --transactions T --events T --as-of 2025-01-01 --within-days 100000000 --out a",
+     "--within-days 100000000: must be between 1 and 3650"),
+    ("training uplift --customers T --nudges T --transactions T --response-days 14 --seed -1 --out u",
+     "--seed -1: must be at least 0"),
+    ("training train --transactions T --as-of 2025-01-01 --experiment  ", "experiment name is empty"),
+    ("training tune --transactions T --as-of 2025-01-01 --timeout 0", "--timeout 0.0: must be a positive"),
+    ("serving batch --transactions T --as-of 2025-01-01 --out s.parquet --budget nan", "--budget nan: must be a"),
+])
+def test_command_line_mistakes_are_refused_before_any_work(tmp_path, monkeypatch, command, match):
+    """Found by a review of every command: an input overwritten by the output (exit 0, the CSV gone), Parquet
+    under a .csv name, and options that failed with a traceback after minutes of work."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.parquet").write_text("the input")  # never read: refused before
+    module, *argv = command.replace("IN", str(tmp_path / "in.parquet")).replace("T ", "missing.csv ").split(" ")
+    argv = [a for a in argv if a] + ([""] if command.endswith("--experiment  ") else [])
+    with pytest.raises(InputError, match=match):
+        importlib.import_module(f"{module}.__main__").main(argv)
+    assert (tmp_path / "in.parquet").read_text() == "the input"
+
+
+def test_a_folder_store_or_an_uncreatable_store_folder_is_a_one_line_error(monkeypatch):
+    from training.registry import configure
+
+    for uri, match in (("/tmp/kairos-plain-store", "folder store"), ("file:mlruns", "folder store"),
+                       ("sqlite:////proc/kairos/m.db", "cannot create the folder /proc/kairos")):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with pytest.raises(InputError, match=match):
+            configure()
+
+
+def test_signup_dates_must_parse_and_huge_amounts_are_refused():
+    with pytest.raises(InputError, match=r"column 'signup_date' is not an ISO 8601 .* row 2 \('yesterday'\)"):
+        validate(pd.DataFrame({"customer_id": ["a", "b"], "signup_date": ["2025-01-01", "yesterday"]}), "customers")
+    with pytest.raises(InputError, match=r"'amount' is not a number .* row 2 \('1e308'\)"):  # sums overflowed
+        validate(_tx(amount=["1", "1e308", "2"]), "transactions", "tx.csv")
+    with pytest.raises(InputError, match=r"row 2 \(inf\)$"):  # as written, not np.float64(inf)
+        validate(_tx(amount=[1.0, np.inf, 2.0]), "transactions", "tx.parquet")
+    with pytest.raises(InputError, match=r"'amount' is not a number .* in 3 of 3 rows"):  # not 1.0 and 0.0
+        validate(_tx(amount=[True, False, True]), "transactions", "tx.parquet")
+
+
+def test_a_csv_header_naming_a_column_twice_is_an_error(tmp_path):
+    """pandas renamed the second 'amount' to 'amount.1' and the first one was used, silently."""
+    (tmp_path / "t.csv").write_text("customer_id,timestamp,amount,amount\nA,2024-01-01,10,12\n")
+    with pytest.raises(InputError, match="t.csv: column 'amount' appears twice in the header"):
+        load("transactions", tmp_path / "t.csv")
 
 
 def test_a_failed_write_removes_the_folders_it_made(tmp_path):

@@ -753,15 +753,12 @@ def test_the_next_write_removes_the_temporary_of_a_killed_one_but_not_of_a_live_
 
 def test_serve_hands_its_workers_absolute_store_paths(tmp_path, monkeypatch):
     """BentoML runs the workers in the checkout: a relative KAIROS_CONTACT_DB would be another file than the one the
-    batch (run from here) uses, and cooldowns would not hold between them; the same for a relative MLflow store."""
+    batch (run from here) uses, and cooldowns would not hold between them; the same for the MLflow store."""
     from serving.__main__ import _absolute_store
 
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "rel" / "contacts.db"
     assert _absolute_store("sqlite:///rel/contacts.db") == f"sqlite:///{db}"
     assert _absolute_store("sqlite+pysqlite:///rel/contacts.db") == f"sqlite+pysqlite:///{db}"
-    assert _absolute_store("mlruns") == str(tmp_path / "mlruns")
-    assert _absolute_store("file:mlruns") == (tmp_path / "mlruns").as_uri()
-    for url in (f"sqlite:///{tmp_path}/c.db", "sqlite:///:memory:", "postgresql://kairos@db/x", "http://mlflow:5000",
-                f"file://{tmp_path}/mlruns", "databricks"):
+    for url in (f"sqlite:///{tmp_path}/c.db", "sqlite:///:memory:", "postgresql://kairos@db/x", "http://mlflow:5000"):
         assert _absolute_store(url) == url

@@ -222,3 +222,10 @@ def test_an_interrupted_world_has_no_transactions_file(world, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         write_world(small, tmp_path)
     assert not (tmp_path / "transactions.parquet").exists()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_world_of_one_or_two_customers_is_summarised(n):
+    """`features simulate --customers 1` wrote its five files and then failed with a traceback in the summary."""
+    counts = summary(simulate_world(n_customers=n, seed=1))
+    assert counts["customers"] == n and 0 <= counts["buyers"] <= n and counts["orders"] >= counts["buyers"]

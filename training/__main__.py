@@ -10,7 +10,6 @@ from features.errors import InputError, run_cli
 
 __all__ = ["main"]
 
-MAX_DAYS = 3650
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -55,19 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_days(option: str, days: int) -> None:
-    """A horizon or window of 1 day to 10 years."""
-    if not 1 <= days <= MAX_DAYS:
-        raise InputError(f"{option} {days}: must be between 1 and {MAX_DAYS} days")
-
-
 def _inputs(args: argparse.Namespace):
-    from features.schema import load, parse_as_of
+    from features.schema import check_days, load, parse_as_of
     from training.train import Inputs
 
     as_of = parse_as_of(args.as_of)
     for opt in ("horizon_days", "value_horizon_days"):
-        _check_days(f"--{opt.replace('_', '-')}", getattr(args, opt))
+        check_days(f"--{opt.replace('_', '-')}", getattr(args, opt))
     print("loading inputs", file=sys.stderr)
     inputs = Inputs(load("transactions", args.transactions), load("events", args.events),
                     load("customers", args.customers), load("nudges", args.nudges))
@@ -126,10 +119,10 @@ def _promote(args: argparse.Namespace) -> int:
 
 def _uplift(args: argparse.Namespace) -> int:
     from features.io import check_output_dir
-    from features.schema import load
+    from features.schema import check_days, load
     from training.uplift_run import run_uplift, summary_json
 
-    _check_days("--response-days", args.response_days)
+    check_days("--response-days", args.response_days)
     check_output_dir(args.out)
     print("loading inputs", file=sys.stderr)
     customers, nudges = load("customers", args.customers), load("nudges", args.nudges)
@@ -145,6 +138,12 @@ def _uplift(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one command."""
     args = _parser().parse_args(argv)
+    if getattr(args, "experiment", "x").strip() == "":
+        raise InputError("--experiment: the MLflow experiment name is empty")
+    if getattr(args, "seed", 0) < 0:
+        raise InputError(f"--seed {args.seed}: must be at least 0")
+    if getattr(args, "timeout", None) is not None and not args.timeout > 0:
+        raise InputError(f"--timeout {args.timeout}: must be a positive number of seconds")
     return {"train": _train, "evaluate": _evaluate, "tune": _tune, "promote": _promote,
             "uplift": _uplift}[args.command](args)
 

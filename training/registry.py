@@ -17,11 +17,23 @@ def tracking_uri() -> str:
 
 def configure() -> str:
     """Point MLflow at the Kairos store (creating ./mlruns when it is the local default) and quieten it."""
+    from urllib.parse import urlsplit
+
     import mlflow
 
+    from features.errors import InputError
+
     uri = tracking_uri()
+    if urlsplit(uri).scheme in ("", "file") and uri != "databricks":
+        raise InputError(f"MLFLOW_TRACKING_URI {uri}: a folder store (MLflow's file backend) is not supported by this "
+                         f"MLflow; use a database, e.g. sqlite:///{Path(uri.removeprefix('file:')).resolve()}.db")
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"MLFLOW_TRACKING_URI {uri}: cannot create the folder {folder} "
+                             f"({exc.strerror or exc})") from None
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.models.model", "mlflow.tracking._tracking_service.client"):
         logging.getLogger(name).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
