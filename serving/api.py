@@ -124,8 +124,10 @@ def _nudge_once(results: list[dict]) -> list[dict]:
 def _clean_ids(ids: list[str]) -> list[str | None]:
     """Ids as the batch reads them (`features.schema.as_id`: stripped, '13085.0' -> '13085'; blank -> None), so
     that a look-up, a raw history and the contact log name a customer alike."""
-    from features.schema import as_id
+    from features.schema import as_id, is_clean_id
 
+    if all(is_clean_id(c) for c in ids):  # the usual case, in microseconds
+        return list(ids)
     return [None if pd.isna(c) else str(c) for c in as_id(pd.Series(ids, dtype=object))]
 
 

@@ -285,3 +285,14 @@ def test_outputs_get_the_usual_file_mode_not_the_temporary_files_0600(tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_quick_id_test_never_passes_an_id_that_as_id_would_change():
+    """The service skips `as_id` (a millisecond of pandas per request) for ids `is_clean_id` passes."""
+    from features.schema import as_id, is_clean_id
+
+    ids = ["C1", " C1 ", "C1 ", "123.0", "1e3", "E5", "12", "-5", "1.5", "abc.def", "", "  ", "4.0128e+10", "e", ".",
+           "1.", "13085", "0.0", "-0", "\tX"]
+    cleaned = as_id(pd.Series(ids, dtype=object))
+    assert all(cleaned[i] == c for i, c in enumerate(ids) if is_clean_id(c))
+    assert [c for c in ids if is_clean_id(c)] == ["C1", "E5", "12", "-5", "abc.def", "e", "13085", "-0"]
