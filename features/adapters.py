@@ -4,7 +4,9 @@ Each adapter takes a path (a file, or a directory holding the data set) and retu
 "transactions", "events", "nudges", "customers" with exactly the canonical column names: ids and text as
 `str`, `timestamp` as naive datetime64[ns], numbers as float64, `treated` as bool. Adapters do not de-duplicate:
 exact duplicate lines are kept, because the canonical loader (`features.schema.validate`) drops them deliberately.
-Input that does not look like the source raises `InputError` (a `ValueError`) naming the file and missing columns.
+Input that does not look like the source raises `InputError` (a `ValueError`) naming the file and missing columns;
+a file without data rows, an empty, unparseable or out-of-range date (years 1678-2261; offsets are converted to UTC)
+and a missing, non-finite or huge number (1e15 or more) raise it naming the file, the column and a few rows.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import InputError
-from features.schema import as_id, offending_rows
+from features.schema import MAX_ABS, as_id, as_utc_naive, offending_rows
 
 __all__ = ["ADAPTERS", "DROPPED_STOCK_CODES", "HILLSTROM_CAMPAIGN_DATE", "adapt", "complete_journey", "hillstrom",
            "online_retail", "retail_category"]
@@ -53,6 +55,7 @@ _OR_COLUMNS = {  # canonical meaning -> (Online Retail II name, Online Retail na
     "date": ("InvoiceDate", "InvoiceDate"), "price": ("Price", "UnitPrice"),
     "customer": ("Customer ID", "CustomerID"), "country": ("Country", "Country"),
 }
+_US_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%y %H:%M")  # the original Online Retail spelling
 _HILLSTROM_COLUMNS = ["recency", "history_segment", "history", "mens", "womens", "zip_code", "newbie", "channel",
                       "segment", "visit", "conversion", "spend"]
 HILLSTROM_CAMPAIGN_DATE = pd.Timestamp("2008-03-01")
@@ -92,47 +95,65 @@ def _read(path: Path, dtype: dict[str, type] | None = None) -> pd.DataFrame:
 
 
 def _require(df: pd.DataFrame, columns: list[str], path: Path, source: str) -> None:
+    """InputError unless `df` has `columns` and at least one row."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InputError(f"{path}: does not look like {source}: missing column(s) {', '.join(missing)} "
                          f"(found: {', '.join(map(str, df.columns[:12]))})")
+    if df.empty:
+        raise InputError(f"{path}: no data rows")
+
+
+def _offending(raw: pd.Series, bad: np.ndarray, path: Path, column: str, problem: str) -> InputError:
+    """`offending_rows` for a column `raw` indexed by file row (it may be a filtered slice): rows numbered as in the
+    file."""
+    rows = raw.index.to_numpy()
+    full = pd.Series(raw.to_numpy(), index=rows).reindex(range(int(rows.max()) + 1))
+    return offending_rows(str(path), column, problem, full, np.isin(np.arange(len(full)), rows[bad]))
 
 
 def _numeric_columns(df: pd.DataFrame, columns: list[str], path: Path) -> pd.DataFrame:
-    """`df` with `columns` as float64; a missing or non-numeric value is an error naming the file, column and rows
-    (numbered as in the file: `df` may be a filtered slice of it, indexed by file row)."""
+    """`df` with `columns` as float64; a missing, non-numeric, infinite or huge (1e15 or more, as in the canonical
+    schema) value is an error naming the file, column and rows."""
     out = df.copy()
     for col in columns:
-        num = pd.to_numeric(df[col], errors="coerce")
-        bad = num.isna().to_numpy()
+        num = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        bad = ~(num.abs() < MAX_ABS).to_numpy() | pd.api.types.is_bool_dtype(df[col])  # also NaN and inf
         if bad.any():
-            rows = df.index.to_numpy()
-            raw = pd.Series(df[col].to_numpy(), index=rows).reindex(range(int(rows.max()) + 1))
-            raise offending_rows(str(path), col, "is not a number", raw, np.isin(np.arange(len(raw)), rows[bad]))
-        out[col] = num.astype("float64")
+            raise _offending(df[col], bad, path, col, "is not a number (finite, below 1e15 in size)")
+        out[col] = num
     return out
 
 
-def _timestamps(s: pd.Series, path: Path, column: str) -> pd.Series:
-    """Parse ISO 8601 or US-style 'M/D/YYYY H:MM' datetimes (parsed once per distinct value) to naive datetime64[ns]."""
-    if pd.api.types.is_datetime64_any_dtype(s):
-        out = s.dt.tz_convert("UTC").dt.tz_localize(None) if s.dt.tz is not None else s
-        return out.astype("datetime64[ns]")
-    codes, uniques = pd.factorize(s.astype("str").str.strip().where(s.notna(), None))
-    text = pd.Series(uniques, dtype="str")
-    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-    for fmt in ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%y %H:%M"):
-        todo = parsed.isna()
+def _parse_dates(text: pd.Series) -> pd.Series:
+    """Date texts as naive UTC datetime64[ns]: ISO 8601 (offsets converted to UTC, naive taken as UTC) or US-style
+    `_US_FORMATS`; NaT if unparseable or outside the nanosecond range (years 1678-2261)."""
+    parsed = as_utc_naive(text)
+    for fmt in _US_FORMATS:
+        todo = parsed.isna() & text.notna()
         if not todo.any():
             break
-        parsed[todo] = pd.to_datetime(text[todo], format=fmt, errors="coerce")
-    if parsed.isna().any():
-        bad = text[parsed.isna()].head(3).tolist()
-        raise InputError(f"{path}: column '{column}' has unparseable dates, e.g. {bad}")
-    parsed = parsed.astype("datetime64[ns]")
-    values = parsed.to_numpy()[np.where(codes < 0, 0, codes)] if len(parsed) else np.full(len(codes), np.datetime64("NaT"))
-    values[codes < 0] = np.datetime64("NaT")
-    return pd.Series(values, index=s.index, dtype="datetime64[ns]")
+        parsed[todo] = as_utc_naive(pd.to_datetime(text[todo], format=fmt, errors="coerce"))
+    return parsed
+
+
+def _timestamps(s: pd.Series, path: Path, column: str) -> pd.Series:
+    """`s` (text parsed once per distinct value by `_parse_dates`, or datetimes) as naive UTC datetime64[ns]; an
+    empty, unparseable or out-of-range date is an error naming the file, column and rows."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        out, missing = as_utc_naive(s), s.isna().to_numpy()
+    else:
+        codes, uniques = pd.factorize(s)
+        text = pd.Series(uniques, dtype="str").str.strip()
+        parsed = _parse_dates(text.where(text != "", None)).to_numpy()
+        out = pd.Series(np.append(parsed, np.datetime64("NaT", "ns"))[codes], index=s.index)
+        missing = np.append(text.eq("").to_numpy(), True)[codes]  # blank or missing (code -1)
+    if missing.any():
+        raise _offending(s, missing, path, column, "is empty")
+    bad = out.isna().to_numpy()
+    if bad.any():
+        raise _offending(s, bad, path, column, "is not an ISO 8601 or M/D/YYYY H:MM date in the years 1678-2261")
+    return out
 
 
 def retail_category(stock_codes: pd.Series, descriptions: pd.Series) -> pd.Series:
@@ -186,14 +207,23 @@ def online_retail(path: Path) -> dict[str, pd.DataFrame]:
     col = {key: names[spelling] for key, names in _OR_COLUMNS.items()}
     customer = as_id(df[col["customer"]])
     stock = df[col["stock_code"]].astype("str").str.strip()
+    if customer.isna().all():
+        raise InputError(f"{file}: column '{col['customer']}' is empty in all {len(df):,} rows: no purchase can be "
+                         "attributed to a customer")
     keep = customer.notna() & ~stock.str.upper().isin(DROPPED_STOCK_CODES)
+    if not keep.any():
+        raise InputError(f"{file}: every row with a customer id has a bookkeeping StockCode "
+                         f"({', '.join(sorted(DROPPED_STOCK_CODES))}): no purchases")
     df, customer, stock = df[keep], customer[keep], stock[keep]
     df = _numeric_columns(df, [col["quantity"], col["price"]], file)
     quantity, price = df[col["quantity"]], df[col["price"]]
+    amount = quantity * price
+    if (huge := ~(amount.abs() < MAX_ABS).to_numpy()).any():
+        raise _offending(df[col["price"]], huge, file, col["price"], f"times {col['quantity']} is 1e15 or more in size")
     transactions = pd.DataFrame({
         "customer_id": customer.astype("str"),
         "timestamp": _timestamps(df[col["date"]], file, col["date"]),
-        "amount": quantity * price,
+        "amount": amount,
         "order_id": as_id(df[col["invoice"]]).astype("str"),
         "product_id": stock.astype("str"),
         "category": retail_category(stock, df[col["description"]]),
@@ -230,6 +260,9 @@ def hillstrom(path: Path) -> dict[str, pd.DataFrame]:
     width = max(5, len(str(len(df))))
     ids = pd.Series([f"H{i:0{width}d}" for i in range(1, len(df) + 1)], dtype="str")
     df = _numeric_columns(df.reset_index(drop=True), ["recency", "history", "visit", "conversion", "spend"], file)
+    for c in ("visit", "conversion"):
+        if (bad := ~df[c].isin([0.0, 1.0]).to_numpy()).any():
+            raise _offending(df[c], bad, file, c, "is not 0 or 1")
     arm = df["segment"].astype("str").str.strip().map(_HILLSTROM_ARMS)
     if arm.isna().any():
         raise InputError(f"{file}: column 'segment' has unknown values {sorted(set(df['segment'][arm.isna()]))[:3]}")
@@ -318,15 +351,18 @@ def complete_journey(path: Path) -> dict[str, pd.DataFrame]:
         desc = _read(descriptions_file, dtype={"campaign_id": str})
         _require(desc, ["campaign_id", "campaign_type", "start_date", "end_date"], descriptions_file,
                  "The Complete Journey campaign descriptions")
+        desc = desc.assign(**{c: _timestamps(desc[c], descriptions_file, c) for c in ("start_date", "end_date")})
         merged = campaigns.drop_duplicates(["household_id", "campaign_id"]).merge(desc, on="campaign_id", how="inner")
+        if merged.empty:
+            raise InputError(f"{campaigns_file}: no campaign_id is described in {descriptions_file.name}")
         out["nudges"] = pd.DataFrame({
             "customer_id": as_id(merged["household_id"]).astype("str"),
-            "timestamp": _timestamps(merged["start_date"], descriptions_file, "start_date"),
+            "timestamp": merged["start_date"],
             "campaign": ("campaign_" + merged["campaign_id"].str.strip()).astype("str"),
             "channel": merged["campaign_type"].astype("str"),
             "treated": np.ones(len(merged), dtype=bool),
             "cost": np.full(len(merged), np.nan),
-            "end_date": _timestamps(merged["end_date"], descriptions_file, "end_date"),
+            "end_date": merged["end_date"],
         })
     if (redemptions_file := _cj_file(directory, "coupon_redemptions")) is not None:
         red = _read(redemptions_file, dtype={"household_id": str})

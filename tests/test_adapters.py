@@ -4,11 +4,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
+from features.__main__ import main
 from features.adapters import ADAPTERS, adapt
+from features.errors import InputError, run_cli
 from features.schema import SCHEMAS, validate
 
 DATA = Path(__file__).parent / "data"
@@ -211,15 +214,138 @@ def test_non_numeric_quantity_or_price_names_the_file_column_and_row(tmp_path):
     row = int(raw["Customer ID"].notna().to_numpy().argmax())  # a row that is kept: it has a customer id
     raw.loc[row, "Quantity"] = "abc"
     raw.to_csv(tmp_path / "or.csv", index=False)
-    with pytest.raises(ValueError, match=rf"or\.csv: column 'Quantity' is not a number in 1 of .* row {row + 1} \('abc'\)"):
+    with pytest.raises(ValueError, match=rf"or\.csv: column 'Quantity' is not a number .* in 1 of .* row {row + 1} \('abc'\)"):
         adapt("online_retail", tmp_path / "or.csv")
     shutil.copytree(CJ, tmp_path / "cj")
     tx = pd.read_csv(CJ / "transactions_sample.csv.gz", dtype=str)
     tx.loc[0, "sales_value"], tx.loc[1, "quantity"] = "n/a", "12 units"
     tx.to_csv(tmp_path / "cj" / "transactions_sample.csv.gz", index=False)
-    with pytest.raises(ValueError, match=r"column 'sales_value' is not a number in 1 of .* row 1 \(empty\)"):
+    with pytest.raises(ValueError, match=r"column 'sales_value' is not a number .* in 1 of .* row 1 \(empty\)"):
         adapt("complete_journey", tmp_path / "cj")
     tx.loc[0, "sales_value"] = "1.5"
     tx.to_csv(tmp_path / "cj" / "transactions_sample.csv.gz", index=False)
-    with pytest.raises(ValueError, match=r"column 'quantity' is not a number in 1 of .* row 2 \('12 units'\)"):
+    with pytest.raises(ValueError, match=r"column 'quantity' is not a number .* in 1 of .* row 2 \('12 units'\)"):
         adapt("complete_journey", tmp_path / "cj")
+
+
+def _retail_rows(tmp_path: Path, n: int = 6, **changes: object) -> Path:
+    """The first `n` rows of the Online Retail II sample (all with a customer id) with columns replaced, as a CSV."""
+    raw = pd.read_csv(OR_II, dtype=str).dropna(subset=["Customer ID"]).head(n).reset_index(drop=True)
+    for col, values in changes.items():
+        raw[col] = values
+    raw.to_csv(tmp_path / "or.csv", index=False)
+    return tmp_path / "or.csv"
+
+
+def test_online_retail_dates_with_offsets_are_naive_utc(tmp_path):
+    dates = ["2009-12-01 07:45:00Z", "2009-12-01 07:45:00+02:00", "2009-12-01T07:45:00-05:00",
+             "2009-12-01 07:45:00", "12/1/2009 7:45", "2009-12-01"]
+    tx = adapt("online_retail", _retail_rows(tmp_path, InvoiceDate=dates))["transactions"]
+    assert tx["timestamp"].dtype == "datetime64[ns]"
+    assert tx["timestamp"].tolist() == [pd.Timestamp(t) for t in ("2009-12-01 07:45", "2009-12-01 05:45",
+                                        "2009-12-01 12:45", "2009-12-01 07:45", "2009-12-01 07:45", "2009-12-01")]
+    aware = pd.read_csv(tmp_path / "or.csv", dtype=str).assign(
+        InvoiceDate=pd.Series(pd.to_datetime(dates[:1] * 6, utc=True)).dt.tz_convert("Europe/Berlin"))
+    aware.to_parquet(tmp_path / "or.parquet")
+    assert (adapt("online_retail", tmp_path / "or.parquet")["transactions"]["timestamp"]
+            == pd.Timestamp("2009-12-01 07:45")).all()
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("9999-12-31", r"is not an ISO 8601 .* in the years 1678-2261 in 1 of 6 rows: row 3 \('9999-12-31'\)"),
+    ("2009-13-45 25:00", r"is not an ISO 8601 .* in 1 of 6 rows: row 3 \('2009-13-45 25:00'\)"),
+    ("", r"is empty in 1 of 6 rows: row 3 \(empty\)"),
+])
+def test_online_retail_bad_dates_name_the_file_column_and_rows(tmp_path, value, problem):
+    dates = ["2009-12-01 07:45:00"] * 6
+    dates[2] = value
+    with pytest.raises(InputError, match=rf"or\.csv: column 'InvoiceDate' {problem}$"):
+        adapt("online_retail", _retail_rows(tmp_path, InvoiceDate=dates))
+
+
+def test_online_retail_without_any_customer_id_is_an_error(tmp_path):
+    with pytest.raises(InputError, match=r"or\.csv: column 'Customer ID' is empty in all 6 rows"):
+        adapt("online_retail", _retail_rows(tmp_path, **{"Customer ID": [None] * 6}))
+    with pytest.raises(InputError, match=r"or\.csv: every row with a customer id has a bookkeeping StockCode"):
+        adapt("online_retail", _retail_rows(tmp_path, StockCode=["BANK CHARGES"] * 6))
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"Price": ["1.0", "inf", "1.0", "1.0", "1.0", "-inf"]},
+     r"column 'Price' is not a number \(finite, below 1e15 in size\) in 2 of 6 rows: row 2 \(inf\), row 6 \(-inf\)"),
+    ({"Quantity": ["1", "1", "1", "1", "1", "1e300"]}, r"column 'Quantity' is not a number .* row 6 \(1e\+300\)"),
+    ({"Quantity": ["1e10"] * 6, "Price": ["1e10"] * 6}, r"column 'Price' times Quantity is 1e15 or more in size"),
+])
+def test_online_retail_infinite_or_huge_numbers_are_errors(tmp_path, changes, problem):
+    with pytest.raises(InputError, match=rf"or\.csv: {problem}"):
+        adapt("online_retail", _retail_rows(tmp_path, **changes))
+
+
+@pytest.mark.parametrize("col, value, problem", [
+    ("spend", "inf", r"is not a number \(finite, below 1e15 in size\) in 1 of 2,000 rows: row 5 \(inf\)"),
+    ("history", "-inf", r"is not a number .* row 5 \(-inf\)"),
+    ("conversion", "2", r"is not 0 or 1 in 1 of 2,000 rows: row 5 \(2.0\)"),
+])
+def test_hillstrom_bad_numbers_name_the_file_column_and_rows(tmp_path, col, value, problem):
+    raw = pd.read_csv(HILLSTROM, dtype=str)
+    raw.loc[4, col] = value
+    raw.to_csv(tmp_path / "h.csv", index=False)
+    with pytest.raises(InputError, match=rf"h\.csv: column '{col}' {problem}$"):
+        adapt("hillstrom", tmp_path / "h.csv")
+
+
+@pytest.mark.parametrize("source, sample, name", [
+    ("hillstrom", HILLSTROM, "h.csv"), ("online_retail", OR_II, "or.csv"),
+    ("complete_journey", CJ / "transactions_sample.csv.gz", "transactions.csv"),
+])
+def test_header_only_input_is_an_error_and_writes_nothing(tmp_path, capsys, source, sample, name):
+    (tmp_path / "in").mkdir()
+    pd.read_csv(sample, dtype=str).head(0).to_csv(tmp_path / "in" / name, index=False)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, ["adapt", "--source", source, "--input", str(tmp_path / "in" / name), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'in' / name}: no data rows"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def _journey_with(tmp_path: Path, name: str, rows: dict[int, object] | None = None, col: str = "",
+                  empty: bool = False) -> Path:
+    """A copy of the Complete Journey sample whose file `name` (without .csv.gz) has `rows` of column `col` replaced
+    (0-based row: value), or only its header if `empty`."""
+    shutil.copytree(CJ, tmp_path / "cj")
+    df = pd.read_csv(CJ / f"{name}.csv.gz", dtype=str)
+    for row, value in (rows or {}).items():
+        df.loc[row, col] = value
+    (df.head(0) if empty else df).to_csv(tmp_path / "cj" / f"{name}.csv.gz", index=False)
+    return tmp_path / "cj"
+
+
+def test_complete_journey_dates_with_offsets_are_naive_utc(tmp_path):
+    offsets = {0: "2017-06-17T13:42:45+02:00", 1: "2017-06-17 13:42:45Z"}
+    tx = adapt("complete_journey", _journey_with(tmp_path, "transactions_sample", offsets, "transaction_timestamp"))
+    tx = tx["transactions"]
+    assert tx["timestamp"].head(2).tolist() == [pd.Timestamp("2017-06-17 11:42:45"), pd.Timestamp("2017-06-17 13:42:45")]
+
+
+@pytest.mark.parametrize("name, col, value, problem", [
+    ("transactions_sample", "transaction_timestamp", "9999-12-31", r"is not an ISO 8601 .* row 3 \('9999-12-31'\)"),
+    ("campaign_descriptions", "start_date", "soon", r"is not an ISO 8601 .* row 3 \('soon'\)"),
+    ("campaign_descriptions", "end_date", np.nan, r"is empty in 1 of .* row 3 \(empty\)"),
+    ("coupon_redemptions", "redemption_date", "2017-02-30", r"is not an ISO 8601 .* row 3 \('2017-02-30'\)"),
+    ("transactions_sample", "sales_value", "inf", r"is not a number .* row 3 \(inf\)"),
+    ("transactions_sample", "quantity", "-1e20", r"is not a number .* row 3 \(-1e\+20\)"),
+])
+def test_complete_journey_bad_dates_and_numbers_name_the_file_column_and_rows(tmp_path, name, col, value, problem):
+    with pytest.raises(InputError, match=rf"{name}\.csv\.gz: column '{col}' {problem}$"):
+        adapt("complete_journey", _journey_with(tmp_path, name, {2: value}, col))
+
+
+def test_complete_journey_empty_side_files_are_errors(tmp_path):
+    path = _journey_with(tmp_path, "demographics", empty=True)
+    with pytest.raises(InputError, match=r"demographics\.csv\.gz: no data rows$"):
+        adapt("complete_journey", path)
+    shutil.rmtree(path)
+    n_campaigns = len(pd.read_csv(CJ / "campaigns.csv.gz"))
+    path = _journey_with(tmp_path, "campaigns", dict.fromkeys(range(n_campaigns), "999"), "campaign_id")
+    with pytest.raises(InputError, match=r"campaigns\.csv\.gz: no campaign_id is described in campaign_descriptions"):
+        adapt("complete_journey", path)
