@@ -12,13 +12,24 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
 
 from features.errors import InputError
 from serving.policy import DAY_NS, SCORE_FEATURES, PolicyConfig, contact_summary, decide_arrays, required_columns
 from serving.scoring import SCORE_COLUMNS, _json_value
 
-__all__ = ["MAX_CUSTOMERS", "ActionRequest", "CustomerIn", "EventIn", "ScoreRequest", "Scorer", "TransactionIn"]
+__all__ = ["MAX_CUSTOMERS", "ActionRequest", "CustomerIn", "EventIn", "InvalidItem", "ScoreRequest", "Scorer",
+           "TransactionIn"]
 
 log = logging.getLogger("bentoml.kairos")  # the service's logger, under BentoML's configuration
 MAX_CUSTOMERS = int(os.environ.get("KAIROS_MAX_CUSTOMERS", "1000"))
@@ -93,11 +104,34 @@ class CustomerIn(BaseModel):
         return v
 
 
+class InvalidItem(BaseModel):
+    """An item of `customers` that is not a valid `CustomerIn`: answered with its error, the other items scored."""
+
+    customer_id: str | None
+    error: str
+
+
+def _where(loc: tuple) -> str:
+    """A pydantic error location as a path: ('transactions', 0, 'amount') -> 'transactions[0].amount'."""
+    return "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or "item"
+
+
+def _per_item(value: object, handler: ValidatorFunctionWrapHandler) -> CustomerIn | InvalidItem:
+    """Validate one item; a bad one becomes an `InvalidItem` naming its fields, so that one malformed customer
+    among 1,000 does not fail the request (the body's own structure is still validated: 400)."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        cid = value.get("customer_id") if isinstance(value, dict) else None
+        why = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)[:3])
+        return InvalidItem(customer_id=cid if isinstance(cid, str) else None, error=f"invalid item: {why}")
+
+
 class ScoreRequest(BaseModel):
     """The body of POST /score (DESIGN.md "HTTP contract"); any other field is an error (a typo must not pass)."""
 
     model_config = ConfigDict(extra="forbid")
-    customers: list[CustomerIn] = Field(
+    customers: list[Annotated[CustomerIn, WrapValidator(_per_item)]] = Field(
         description=f"customers to score (at most {MAX_CUSTOMERS}): by customer_id from the feature snapshot, or "
                     "with raw transactions/events scored on the fly", min_length=1, max_length=MAX_CUSTOMERS)
 
@@ -275,16 +309,19 @@ class Scorer:
         log.error("scoring the raw history of item %d (customer_id %s) failed", i, item.customer_id, exc_info=exc)
         return self._error(item.customer_id, "internal error while scoring this item (logged)")
 
-    def score(self, items: list[CustomerIn], with_reasons: bool = True, now: pd.Timestamp | None = None) -> list[dict]:
-        """One result per item, in order: a score row, or `{customer_id, error}` for an unknown customer."""
+    def score(self, items: list[CustomerIn | InvalidItem], with_reasons: bool = True,
+              now: pd.Timestamp | None = None) -> list[dict]:
+        """One result per item, in order: a score row, or `{customer_id, error}` for an unknown customer or an
+        invalid item."""
         now = now or pd.Timestamp.now(tz="UTC").tz_localize(None)
-        results: list[dict | None] = [None] * len(items)
-        ids = _clean_ids([it.customer_id for it in items])
+        results: list[dict | None] = [self._error(it.customer_id, it.error) if isinstance(it, InvalidItem) else None
+                                      for it in items]
+        ids = _clean_ids([it.customer_id or "" for it in items])
         for i, (it, cid) in enumerate(zip(items, ids)):
-            if cid is None:
+            if cid is None and results[i] is None:
                 results[i] = self._error(it.customer_id, "customer_id is blank")
-        items = [it if cid in (None, it.customer_id) else it.model_copy(update={"customer_id": cid})
-                 for it, cid in zip(items, ids)]
+        items = [it if cid in (None, it.customer_id) or results[i] is not None
+                 else it.model_copy(update={"customer_id": cid}) for i, (it, cid) in enumerate(zip(items, ids))]
         lookup = [i for i, it in enumerate(items)
                   if results[i] is None and it.transactions is None and it.events is None]
         if lookup:

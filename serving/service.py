@@ -19,7 +19,7 @@ from dataclasses import replace
 import bentoml
 from prometheus_client import Counter
 
-from serving.api import ActionRequest, CustomerIn, Scorer, ScoreRequest
+from serving.api import ActionRequest, CustomerIn, InvalidItem, Scorer, ScoreRequest
 from serving.policy import PolicyConfig, load_policy
 
 __all__ = ["ApiKeyMiddleware", "Kairos", "service_policy"]
@@ -27,8 +27,8 @@ __all__ = ["ApiKeyMiddleware", "Kairos", "service_policy"]
 log = logging.getLogger("bentoml.kairos")  # under BentoML's configured logger
 DECISIONS = Counter("kairos_decisions", "Decisions answered, by endpoint, action and channel",
                     ["endpoint", "action", "channel"])
-CUSTOMERS = Counter("kairos_customers", "Customers in requests, by endpoint, path (snapshot, raw) and outcome "
-                    "(answered, unknown: not in the snapshot, error: a raw history that could not be scored)",
+CUSTOMERS = Counter("kairos_customers", "Customers in requests, by endpoint, path (snapshot, raw, invalid) and "
+                    "outcome (answered, unknown: not in the snapshot, error: not valid or not scored)",
                     ["endpoint", "path", "outcome"])
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/", "/static_content")
 TIMEOUT_S = 60  # BentoML answers 504 after this; the worker thread would still run on
@@ -94,6 +94,13 @@ class QuietBadRequests(logging.Filter):
         return True
 
 
+def _path(item: CustomerIn | InvalidItem) -> str:
+    """How an item is answered: `snapshot` (by id), `raw` (history scored on the fly) or `invalid`."""
+    if isinstance(item, InvalidItem):
+        return "invalid"
+    return "snapshot" if item.transactions is None and item.events is None else "raw"
+
+
 @bentoml.service(workers=1, traffic={"timeout": TIMEOUT_S})
 class Kairos:
     """Next-best-action scoring: the champion model, the feature snapshot, the policy and the contact log."""
@@ -130,7 +137,7 @@ class Kairos:
                  time.perf_counter() - t0)
         threading.Thread(target=_compile, args=(model, version), name="kairos-compile", daemon=True).start()
 
-    def _answer(self, endpoint: str, customers: list[CustomerIn], record: bool, started: float) -> dict:
+    def _answer(self, endpoint: str, customers: list[CustomerIn | InvalidItem], record: bool, started: float) -> dict:
         import pandas as pd
 
         # a recording request reads the contact log, decides and writes in one step: two at once for one customer
@@ -149,30 +156,30 @@ class Kairos:
                                              "customers")
                 self.scorer.record(results, now)
         for item, res in zip(customers, results):
-            path = "snapshot" if item.transactions is None and item.events is None else "raw"
+            path = _path(item)
             outcome = "answered" if "error" not in res else ("unknown" if path == "snapshot" else "error")
             CUSTOMERS.labels(endpoint, path, outcome).inc()
             if "error" not in res:
                 DECISIONS.labels(endpoint, res["action"], res["channel"] or "none").inc()
         return {"results": results, "model_version": self.scorer.version}
 
-    async def _run(self, endpoint: str, customers: list[CustomerIn], record: bool) -> dict:
+    async def _run(self, endpoint: str, customers: list[CustomerIn | InvalidItem], record: bool) -> dict:
         # snapshot look-ups take well under a millisecond: answer them on the event loop; raw histories
         # (build_features + model) and writes to the contact log go to a thread
         started = time.monotonic()
-        if record or any(c.transactions is not None or c.events is not None for c in customers):
+        if record or any(_path(c) == "raw" for c in customers):
             import anyio
 
             return await anyio.to_thread.run_sync(self._answer, endpoint, customers, record, started)
         return self._answer(endpoint, customers, record, started)
 
     @bentoml.api(input_spec=ScoreRequest)
-    async def score(self, customers: list[CustomerIn]) -> dict:
+    async def score(self, customers: list[CustomerIn | InvalidItem]) -> dict:
         """Scores and the next best action of each customer (nothing is recorded)."""
         return await self._run("score", customers, record=False)
 
     @bentoml.api(input_spec=ActionRequest)
-    async def next_best_action(self, customers: list[CustomerIn], record: bool = True) -> dict:
+    async def next_best_action(self, customers: list[CustomerIn | InvalidItem], record: bool = True) -> dict:
         """The next best action of each customer; nudges are recorded in the contact log unless `record` is false."""
         return await self._run("next_best_action", customers, record=record)
 

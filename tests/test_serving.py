@@ -82,21 +82,36 @@ def test_score_by_id_answers_the_contract_shape(client, world):
     ({"customers": "x"}, "customers"),
     ({"nope": []}, "customers"),
     ({"customers": []}, "customers"),
-    ({"customers": [{"id": "A"}]}, "customer_id"),
-    ({"customers": [{"customer_id": 7}]}, "customer_id"),
-    ({"customers": [{"customer_id": "A", "transactions": [{"amount": "ten"}]}]}, "amount"),
-    ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": "2025-01-01", "amount": "ten"}]}]}, "amount"),
-    ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": "soon", "amount": 1}]}]}, "timestamp"),
     ({"customers": [{"customer_id": str(i)} for i in range(1001)]}, "customers"),
-    ({"customers": [{"customer_id": "A", "transactions": [], "as_of": "yesterday-ish"}]}, "as_of"),
     ({"customers": [{"customer_id": "A"}], "recrod": False}, "recrod"),  # a typo must not record
-    ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": 20251201, "amount": 1}]}]}, "timestamp"),
-    ({"customers": [{"customer_id": "A", "transactions": [{"timestamp": "2025-12-01", "amount": True}]}]}, "amount"),
 ])
 def test_bad_bodies_get_400_naming_the_field(client, body, field):
     r = client.post("/score", json=body)
     assert r.status_code == 400
     assert field in r.text
+
+
+@pytest.mark.parametrize("item, error", [
+    ({"id": "A"}, "customer_id: Field required; id: Extra inputs are not permitted"),
+    ({"customer_id": 7}, "customer_id: Input should be a valid string"),
+    ({"customer_id": "A", "transactions": [{"amount": "ten"}]}, "transactions[0].timestamp: Field required"),
+    ({"customer_id": "A", "transactions": [{"timestamp": "2025-01-01", "amount": "ten"}]}, "transactions[0].amount"),
+    ({"customer_id": "A", "transactions": [{"timestamp": "soon", "amount": 1}]}, "transactions[0].timestamp"),
+    ({"customer_id": "A", "transactions": [], "as_of": "yesterday-ish"}, "as_of: Value error, --as-of"),
+    ({"customer_id": "A", "transactions": [{"timestamp": 20251201, "amount": 1}]}, "not a number"),  # Unix seconds
+    ({"customer_id": "A", "transactions": [{"timestamp": "2025-12-01", "amount": True}]}, "not true or false"),
+    ("A", "item: Input should be a valid dictionary"),
+])
+def test_malformed_items_are_answered_per_item_naming_the_field(client, world, item, error):
+    """One malformed customer among many gets its own error; the others are answered (was a 400 for everyone)."""
+    known = world.features["customer_id"].iloc[0]
+    r = client.post("/score", json={"customers": [{"customer_id": known}, item]})
+    assert r.status_code == 200
+    ok, bad = r.json()["results"]
+    assert "error" not in ok and ok["customer_id"] == known
+    assert bad["error"].startswith("invalid item: ") and error in bad["error"] and bad["p_purchase"] is None
+    assert bad["customer_id"] == (item.get("customer_id") if isinstance(item, dict) and
+                                  isinstance(item.get("customer_id"), str) else None)
 
 
 def test_malformed_json_gets_400(client):
@@ -361,9 +376,9 @@ def test_a_bad_body_is_logged_as_one_line_without_the_body(client, caplog):
     logger = logging.getLogger("bentoml._internal.server.http_app")
     logger.addHandler(caplog.handler)
     try:
-        secret = {"timestamp": "2025-12-01", "amount": "ten", "product_id": "SECRET-SKU"}
-        assert client.post("/score", json={"customers": [{"customer_id": "A", "transactions": [secret]}]}
-                           ).status_code == 400
+        secret = [{"timestamp": "2025-12-01", "amount": 5.0, "product_id": "SECRET-SKU"}]
+        assert client.post("/score", json={"customers": [{"customer_id": "A", "transactions": secret}],
+                                           "history": secret}).status_code == 400
     finally:
         logger.removeHandler(caplog.handler)
     records = [r for r in caplog.records if r.name == logger.name]  # (seen by the root's handler too)
